@@ -1,0 +1,274 @@
+"""Tasks: what one generation extracts.
+
+A task has an optional text level (candidate labels, shown to the model as
+`<label>` in the input) and zero or more word levels, each with its kind,
+its labels and its Instruction Word (IW). A task with several word levels
+(TCREE: relations or events) does one of them per generation; the IW in the
+input says which.
+"""
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from spacy.util import registry
+
+WORD_KINDS = ("entities", "sentiments", "relations", "events")
+# How many fields a piece has (label included) and where the label sits.
+_DEFAULT_SHAPE = {"entities": (2, 0), "sentiments": (2, 0), "relations": (3, 1), "events": (4, 1)}
+
+
+@dataclass(frozen=True)
+class WordLevel:
+    kind: str
+    instruction: str
+    labels: Tuple[str, ...] = ()
+    arity: int = 0
+    label_position: int = -1
+    roles: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in WORD_KINDS:
+            raise ValueError(f"word level kind must be one of {WORD_KINDS}, got {self.kind!r}")
+        if not self.instruction.strip():
+            raise ValueError(f"word level {self.kind!r} needs a non-empty instruction word")
+        arity, position = _DEFAULT_SHAPE[self.kind]
+        if self.arity == 0:
+            object.__setattr__(self, "arity", arity)
+        if self.label_position == -1:
+            object.__setattr__(self, "label_position", position)
+        if self.kind in ("entities", "sentiments") and (self.arity, self.label_position) != (2, 0):
+            raise ValueError(f"{self.kind} are pairs `:Label;span`: arity 2, label first")
+        if self.arity < 2 or not 0 <= self.label_position < self.arity:
+            raise ValueError(
+                f"{self.kind}: label_position {self.label_position} outside arity {self.arity}"
+            )
+        if self.roles and len(self.roles) != self.arity - 1:
+            raise ValueError(f"{self.kind}: {len(self.roles)} roles for {self.arity - 1} arguments")
+        object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "roles", tuple(self.roles))
+
+    @property
+    def is_pair(self) -> bool:
+        return self.kind in ("entities", "sentiments")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    text_labels: Tuple[str, ...] = ()
+    word_levels: Tuple[WordLevel, ...] = ()
+    # The closing word of the input for a task with no word level: in a mixed
+    # model the last words of the prompt must tell it which task it is doing.
+    instruction: Optional[str] = None
+    separator: str = ""
+    null_marker: Optional[str] = None
+    fullwidth_delimiters: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text_labels", tuple(self.text_labels))
+        object.__setattr__(self, "word_levels", tuple(self.word_levels))
+        if not self.text_labels and not self.word_levels:
+            raise ValueError(f"task {self.name!r} has neither text labels nor a word level")
+        iws = [wl.instruction for wl in self.word_levels]
+        if len(set(iws)) != len(iws):
+            raise ValueError(f"task {self.name!r}: two word levels share an instruction word")
+        for label in self.text_labels:
+            if not label or "<" in label or ">" in label:
+                raise ValueError(f"task {self.name!r}: text label {label!r} is empty or has < or >")
+
+    @property
+    def instructions(self) -> Tuple[str, ...]:
+        if self.word_levels:
+            return tuple(wl.instruction for wl in self.word_levels)
+        return (self.instruction,) if self.instruction else ()
+
+    def word_level(self, instruction: Optional[str] = None) -> Optional[WordLevel]:
+        """The word level an instruction word selects (default: the first)."""
+        if not self.word_levels:
+            return None
+        if instruction is None:
+            return self.word_levels[0]
+        for wl in self.word_levels:
+            if wl.instruction == instruction:
+                return wl
+        raise KeyError(
+            f"task {self.name!r} has no instruction word {instruction!r}; "
+            f"it has {[wl.instruction for wl in self.word_levels]}"
+        )
+
+    def with_labels(
+        self,
+        text_labels: Optional[Iterable[str]] = None,
+        word_labels: Optional[Mapping[str, Iterable[str]]] = None,
+    ) -> "Task":
+        """This task with the label sets a dataset reveals (its own strings win)."""
+        levels = tuple(
+            replace(wl, labels=tuple(word_labels[wl.kind]))
+            if word_labels and wl.kind in word_labels
+            else wl
+            for wl in self.word_levels
+        )
+        labels = tuple(text_labels) if text_labels is not None else self.text_labels
+        return replace(self, text_labels=labels, word_levels=levels)
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"name": self.name, "text_labels": list(self.text_labels)}
+        out["word_levels"] = [
+            {
+                "kind": wl.kind,
+                "instruction": wl.instruction,
+                "labels": list(wl.labels),
+                "arity": wl.arity,
+                "label_position": wl.label_position,
+                "roles": list(wl.roles),
+            }
+            for wl in self.word_levels
+        ]
+        for key in ("instruction", "null_marker"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.separator:
+            out["separator"] = self.separator
+        if self.fullwidth_delimiters:
+            out["fullwidth_delimiters"] = True
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "task") -> "Task":
+        known = {"name", "text_labels", "word_levels", "instruction", "separator",
+                 "null_marker", "fullwidth_delimiters"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{source}: unknown task field(s) {sorted(unknown)}; known: {sorted(known)}")
+        if "name" not in data:
+            raise ValueError(f"{source}: a task needs a 'name'")
+        try:
+            levels = tuple(
+                WordLevel(
+                    kind=wl["kind"],
+                    instruction=wl["instruction"],
+                    labels=tuple(wl.get("labels", ())),
+                    arity=int(wl.get("arity", 0)),
+                    label_position=int(wl.get("label_position", -1)),
+                    roles=tuple(wl.get("roles", ())),
+                )
+                for wl in data.get("word_levels", ())
+            )
+            return cls(
+                name=str(data["name"]),
+                text_labels=tuple(data.get("text_labels", ())),
+                word_levels=levels,
+                instruction=data.get("instruction"),
+                separator=data.get("separator", ""),
+                null_marker=data.get("null_marker"),
+                fullwidth_delimiters=bool(data.get("fullwidth_delimiters", False)),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{source}: invalid task definition: {err}") from err
+
+
+SCNM_TOPICS = ("社会", "文芸", "学問", "技術", "自然")
+NE_LABELS = ("人名", "法人名", "政治的組織名", "その他の組織名", "地名", "施設名", "製品名", "イベント名")
+POLARITIES = ("positive", "negative", "neutral")
+TCREE_TOPICS = ("sports", "movies", "women", "IT", "CM")
+
+_NER_IW = "Named Entity Recognition"
+
+
+def _scpos(name: str, part: str) -> Task:
+    return Task(
+        name=name,
+        text_labels=POLARITIES,
+        word_levels=(WordLevel("sentiments", f"Sentiment Extraction {part}", POLARITIES),),
+    )
+
+
+BUILTIN_TASKS: Dict[str, Task] = {
+    task.name: task
+    for task in (
+        Task("scnm", SCNM_TOPICS, (WordLevel("entities", _NER_IW, NE_LABELS),)),
+        _scpos("scpos-rw", "Relation Word"),
+        _scpos("scpos-n", "Noun"),
+        _scpos("scpos-adj", "Adjective"),
+        _scpos("scpos-n-adj", "Noun Adjective"),
+        # TCREE's 7 relation and 11 event labels come from the data
+        # (`Task.with_labels`); with no labels the parser accepts any label.
+        Task(
+            "tcree",
+            TCREE_TOPICS,
+            (
+                WordLevel("relations", "Relation Extraction"),
+                WordLevel("events", "Event Extraction"),
+            ),
+        ),
+        Task("ner-ja", (), (WordLevel("entities", _NER_IW, NE_LABELS),)),
+        Task("sentiment-ja", ("positive", "neutral", "negative"), instruction="Sentiment Classification"),
+    )
+}
+
+
+def get_task(spec: Union[str, Task, Mapping[str, Any]]) -> Task:
+    """A task from a built-in name, a task file (.json / .toml), a dict or a Task."""
+    if isinstance(spec, Task):
+        return spec
+    if isinstance(spec, Mapping):
+        return Task.from_dict(spec)
+    if spec in BUILTIN_TASKS:
+        return BUILTIN_TASKS[spec]
+    path = Path(spec)
+    if path.suffix in (".json", ".toml"):
+        if not path.exists():
+            raise FileNotFoundError(f"task file not found: {path}")
+        return load_task_file(path)
+    raise KeyError(f"unknown task {spec!r}; built-in tasks: {sorted(BUILTIN_TASKS)}, or a .json/.toml file")
+
+
+def load_task_file(path: Union[str, Path]) -> Task:
+    path = Path(path)
+    try:
+        if path.suffix == ".toml":
+            import tomllib  # Python >= 3.11
+
+            data = tomllib.loads(path.read_text(encoding="utf8"))
+        else:
+            data = json.loads(path.read_text(encoding="utf8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read task file: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a task file holds one object")
+    return Task.from_dict(data, source=str(path))
+
+
+@registry.misc("giellm.task.v1")
+def make_task(
+    name: str,
+    text_labels: Sequence[str] = (),
+    word_levels: Sequence[Dict[str, Any]] = (),
+    instruction: Optional[str] = None,
+    separator: str = "",
+    null_marker: Optional[str] = None,
+    fullwidth_delimiters: bool = False,
+) -> Task:
+    """A task defined in a spaCy config block:
+
+        [components.giellm.task]
+        @misc = "giellm.task.v1"
+        name = "my-task"
+        text_labels = ["A", "B"]
+        word_levels = [{"kind": "entities", "instruction": "Named Entity Recognition", "labels": ["X"]}]
+    """
+    data: Dict[str, Any] = {
+        "name": name,
+        "text_labels": list(text_labels),
+        "word_levels": [dict(wl) for wl in word_levels],
+        "instruction": instruction,
+        "separator": separator,
+        "null_marker": null_marker,
+        "fullwidth_delimiters": fullwidth_delimiters,
+    }
+    return Task.from_dict(data, source="[giellm.task.v1]")
+
+
+def task_names() -> List[str]:
+    return sorted(BUILTIN_TASKS)
