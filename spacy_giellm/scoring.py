@@ -93,12 +93,16 @@ def format_scores(scores: Dict[str, Any]) -> List[Tuple[str, str]]:
     ]
 
 
-def score_examples(examples: Iterable[Any], **_: Any) -> Dict[str, Any]:
+def score_examples(examples: Iterable[Any], task: Optional[Any] = None, **_: Any) -> Dict[str, Any]:
     """spaCy scorer: compares `example.reference` with `example.predicted`
-    through the annotations the `giellm` component reads off a Doc."""
+    through the annotations the `giellm` component reads off a Doc. With a
+    task, only its labels count (e.g. not GiNZA's own ENE entities)."""
     from .component import annotation_from_doc  # spaCy-side code stays out of the pure scorer
 
-    pairs = [(annotation_from_doc(eg.reference), annotation_from_doc(eg.predicted)) for eg in examples]
+    pairs = [
+        (annotation_from_doc(eg.reference, task), annotation_from_doc(eg.predicted, task))
+        for eg in examples
+    ]
     scores = score_annotations(pairs)
     out = {f"giellm_{key}": scores[key] for key in SCORE_KEYS}
     out["giellm_per_label"] = scores["per_label"]
