@@ -1,0 +1,347 @@
+"""Hugging Face transformers backend (`giellm.HF.v1`).
+
+Constructing the backend is cheap: torch / transformers / peft are imported and
+the weights loaded on the first `generate` (or an explicit `.load()`).
+
+Tokenization rule shared with training: the prompt is tokenized with the
+tokenizer's default special tokens (BOS for Llama tokenizers); the output is
+whatever the model generates after it, up to EOS. Training tokenizes the
+output without special tokens and appends EOS, so the two agree.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..registry import giellm_backends
+
+__all__ = ["HFBackend", "make_hf_backend", "resolve_device", "resolve_dtype"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """True if `name` can only be a filesystem path, not a Hub repo id."""
+    if os.path.exists(os.path.expanduser(name)):
+        return True
+    if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in name:
+        return True
+    return not _HUB_ID.match(name)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """"auto" -> cuda > mps > cpu; anything else is returned as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str, device: str):
+    """"auto" -> bfloat16 on CUDA (float16 if the GPU lacks bf16), float32 elsewhere."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    key = _DTYPES.get(str(dtype).lower())
+    if key is None:
+        raise ValueError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
+    return getattr(torch, key)
+
+
+class HFBackend:
+    """Greedy batched generation with a transformers causal LM (+ optional LoRA)."""
+
+    def __init__(
+        self,
+        model: str,
+        adapter: Optional[str] = None,
+        merge_adapter: bool = False,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 16,
+        max_new_tokens: int = 256,
+        trust_remote_code: bool = False,
+        use_safetensors_only: bool = True,
+    ) -> None:
+        if not model:
+            raise ValueError("giellm.HF.v1: 'model' must be a Hub id or a local path")
+        if batch_size < 1:
+            raise ValueError(f"giellm.HF.v1: batch_size must be >= 1, got {batch_size}")
+        if max_new_tokens < 1:
+            raise ValueError(f"giellm.HF.v1: max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.model_name = str(model)
+        self.adapter = str(adapter) if adapter else None
+        self.merge_adapter = merge_adapter
+        self.device_name = device
+        self.dtype_name = dtype
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.trust_remote_code = trust_remote_code
+        self.use_safetensors_only = use_safetensors_only
+        self._tokenizer: Any = None
+        self._model: Any = None
+        self._device: Optional[str] = None
+        self._eos_ids: List[int] = []
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.is_loaded else "not loaded"
+        return f"HFBackend(model={self.model_name!r}, adapter={self.adapter!r}, {state})"
+
+    # ------------------------------------------------------------------ loading
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def tokenizer(self):
+        """The transformers tokenizer (loads the backend if needed)."""
+        self.load()
+        return self._tokenizer
+
+    @property
+    def model(self):
+        """The transformers model, in eval mode, on `self.device` (loads if needed)."""
+        self.load()
+        return self._model
+
+    @property
+    def device(self) -> str:
+        self.load()
+        assert self._device is not None
+        return self._device
+
+    def _source(self) -> str:
+        """The string to hand to from_pretrained; checks local paths first."""
+        name = self.model_name
+        if _looks_like_local_path(name):
+            path = Path(name).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"giellm.HF.v1: model path does not exist: {str(path)!r}")
+            if path.is_dir() and not (path / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"giellm.HF.v1: {str(path)!r} is not a transformers model directory (no config.json)"
+                )
+            return str(path)
+        return name
+
+    def load(self) -> "HFBackend":
+        """Load tokenizer, model and adapter now. Idempotent."""
+        if self._model is not None:
+            return self
+        source = self._source()
+        adapter_source = self._adapter_source()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = resolve_device(self.device_name)
+        torch_dtype = resolve_dtype(self.dtype_name, device)
+        is_local = os.path.exists(source)
+        where = f"local path {source!r}" if is_local else f"Hugging Face Hub id {source!r}"
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+        except OSError as e:
+            raise OSError(
+                f"giellm.HF.v1: could not load the tokenizer for {where}"
+                + ("" if is_local else " (is the id right, and is the Hub reachable or the model cached?)")
+                + f": {e}"
+            ) from e
+        kwargs: Dict[str, Any] = {
+            "dtype": torch_dtype,
+            "trust_remote_code": self.trust_remote_code,
+        }
+        if self.use_safetensors_only:
+            kwargs["use_safetensors"] = True
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except OSError as e:
+            hint = ""
+            if self.use_safetensors_only:
+                hint = " (only .safetensors weights are accepted; set use_safetensors_only=false to allow .bin)"
+            raise OSError(f"giellm.HF.v1: could not load the model from {where}{hint}: {e}") from e
+
+        if adapter_source is not None:
+            model = self._attach_adapter(model, adapter_source)
+        model.to(device)
+        model.eval()
+
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token is not None:
+                tokenizer.pad_token = tokenizer.eos_token
+            elif tokenizer.unk_token is not None:
+                tokenizer.pad_token = tokenizer.unk_token
+            else:
+                raise ValueError(
+                    f"giellm.HF.v1: tokenizer of {source!r} has no pad, eos or unk token to pad batches with"
+                )
+        tokenizer.padding_side = "left"
+
+        eos: List[int] = []
+        for cand in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+            if cand is None:
+                continue
+            for tid in cand if isinstance(cand, (list, tuple)) else [cand]:
+                if tid is not None and int(tid) not in eos:
+                    eos.append(int(tid))
+        if not eos:
+            raise ValueError(f"giellm.HF.v1: neither model nor tokenizer of {source!r} defines an EOS token")
+
+        self._tokenizer = tokenizer
+        self._model = model
+        self._device = device
+        self._eos_ids = eos
+        return self
+
+    def _adapter_source(self) -> Optional[str]:
+        if self.adapter is None:
+            return None
+        if _looks_like_local_path(self.adapter):
+            path = Path(self.adapter).expanduser()
+            if not path.is_dir():
+                raise FileNotFoundError(f"giellm.HF.v1: adapter directory does not exist: {str(path)!r}")
+            if not (path / "adapter_config.json").is_file():
+                raise FileNotFoundError(
+                    f"giellm.HF.v1: {str(path)!r} is not a PEFT adapter directory (no adapter_config.json)"
+                )
+            return str(path)
+        return self.adapter
+
+    def _attach_adapter(self, model, adapter: str):
+        try:
+            from peft import PeftModel
+        except ImportError as e:
+            raise ImportError(
+                "giellm.HF.v1: loading an adapter needs peft: pip install 'spacy-giellm[peft]'"
+            ) from e
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+            except OSError as e:
+                raise OSError(f"giellm.HF.v1: could not load the adapter {adapter!r}: {e}") from e
+            except (RuntimeError, ValueError, KeyError, TypeError) as e:
+                raise ValueError(
+                    f"giellm.HF.v1: the adapter {adapter!r} does not fit the base model "
+                    f"{self.model_name!r} (was it trained on a different base?): {e}"
+                ) from e
+        for w in caught:
+            msg = str(w.message)
+            if "missing adapter keys" in msg:
+                raise ValueError(
+                    f"giellm.HF.v1: the adapter {adapter!r} does not fit the base model "
+                    f"{self.model_name!r} (was it trained on a different base?): {msg}"
+                )
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if self.merge_adapter:
+            return peft_model.merge_and_unload()
+        return peft_model
+
+    # --------------------------------------------------------------- tokenizing
+
+    def encode_prompt(self, prompt: str) -> List[int]:
+        """Prompt token ids, with the tokenizer's default special tokens (BOS)."""
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
+        """Number of tokens in `text` (prompts: keep add_special_tokens=True)."""
+        return len(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Decode generated ids the way `generate` does (special tokens dropped)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # --------------------------------------------------------------- generation
+
+    def _generation_config(self):
+        from transformers import GenerationConfig
+
+        tok = self._tokenizer
+        return GenerationConfig(
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=self._eos_ids if len(self._eos_ids) > 1 else self._eos_ids[0],
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+        )
+
+    def generate_ids(self, prompts: Sequence[str]) -> List[List[int]]:
+        """Greedy new-token ids per prompt, without the prompt and without the final EOS."""
+        import torch
+
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        self.load()
+        tok, model = self._tokenizer, self._model
+        gen_config = self._generation_config()
+        eos = set(self._eos_ids)
+        results: List[List[int]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            enc = tok(chunk, return_tensors="pt", padding=True)
+            enc = {k: v.to(self._device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            with torch.inference_mode():
+                out = model.generate(**enc, generation_config=gen_config)
+            new = out[:, enc["input_ids"].shape[1] :].tolist()
+            for row in new:
+                ids: List[int] = []
+                for t in row:
+                    if t in eos:
+                        break
+                    ids.append(t)
+                results.append(ids)
+        return results
+
+    def generate(self, prompts: List[str]) -> List[str]:
+        """Greedy continuation of each prompt: only the new text, special tokens removed."""
+        return [self.decode(ids) for ids in self.generate_ids(prompts)]
+
+
+@giellm_backends.register("giellm.HF.v1")
+def make_hf_backend(
+    model: str,
+    adapter: Optional[str] = None,
+    merge_adapter: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+    trust_remote_code: bool = False,
+    use_safetensors_only: bool = True,
+) -> HFBackend:
+    """A lazily loaded transformers backend; see `HFBackend`."""
+    return HFBackend(
+        model=model,
+        adapter=adapter,
+        merge_adapter=merge_adapter,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        trust_remote_code=trust_remote_code,
+        use_safetensors_only=use_safetensors_only,
+    )

@@ -1,0 +1,318 @@
+"""llama.cpp backend (`giellm.LlamaCpp.v1`) through llama-cpp-python.
+
+llama_cpp is imported, and the GGUF file validated and loaded, on the first
+`generate` (or an explicit `.load()`). The file is checked in Python first
+(`validate_gguf`) because llama.cpp aborts the whole process on some malformed
+files.
+
+Decoding is plain greedy: after feeding the prompt, the argmax of the last
+logits is taken until an end-of-generation token or `max_new_tokens`. No
+llama.cpp sampler is involved, so results match transformers' greedy
+`generate` on the same weights (up to float rounding).
+
+The prompt is tokenized like transformers does it: BOS added if the GGUF says
+so (`tokenizer.ggml.add_bos_token`, copied from the HF tokenizer by the
+converter), and special-token text such as "</s>" in the prompt parsed as the
+special token. The new tokens are decoded like transformers' SentencePiece
+tokenizers with `skip_special_tokens=True`: control/unknown tokens dropped, a
+run of byte-fallback tokens that is not valid UTF-8 becomes one U+FFFD per
+byte.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Set
+
+from ..registry import giellm_backends
+from .gguf_check import validate_gguf
+
+__all__ = ["LlamaCppBackend", "make_llamacpp_backend", "physical_cores"]
+
+
+def physical_cores() -> int:
+    """Number of physical cores this process may run on.
+
+    Counts distinct (physical id, core id) pairs in /proc/cpuinfo among the CPUs
+    in the process's affinity mask, so SMT siblings count once. Falls back to
+    the size of the affinity mask (or os.cpu_count()) where /proc/cpuinfo has
+    no topology (macOS, Windows, some ARM kernels).
+    """
+    try:
+        allowed: Optional[Set[int]] = set(os.sched_getaffinity(0))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        allowed = None
+    n_logical = len(allowed) if allowed else (os.cpu_count() or 1)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return max(1, n_logical)
+    cores = set()
+    for block in text.split("\n\n"):
+        info: Dict[str, str] = {}
+        for line in block.splitlines():
+            if ":" in line:
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+        if "processor" not in info or "core id" not in info:
+            continue
+        try:
+            proc = int(info["processor"])
+        except ValueError:
+            continue
+        if allowed is not None and proc not in allowed:
+            continue
+        cores.add((info.get("physical id", "0"), info["core id"]))
+    if not cores:
+        return max(1, n_logical)
+    return max(1, min(len(cores), n_logical))
+
+
+class LlamaCppBackend:
+    """Greedy generation with a GGUF model through llama-cpp-python."""
+
+    def __init__(
+        self,
+        model_path: str,
+        n_ctx: int = 2048,
+        n_threads: Optional[int] = None,
+        n_gpu_layers: int = 0,
+        max_new_tokens: int = 256,
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        if not model_path:
+            raise ValueError("giellm.LlamaCpp.v1: 'model_path' must be the path of a .gguf file")
+        if max_new_tokens < 1:
+            raise ValueError(f"giellm.LlamaCpp.v1: max_new_tokens must be >= 1, got {max_new_tokens}")
+        if n_ctx < 1:
+            raise ValueError(f"giellm.LlamaCpp.v1: n_ctx must be >= 1, got {n_ctx}")
+        self.model_path = str(model_path)
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.n_gpu_layers = n_gpu_layers
+        self.max_new_tokens = max_new_tokens
+        self.seed = seed
+        self.verbose = verbose
+        self._llm: Any = None
+        self._meta: Dict[str, Any] = {}
+        self._n_vocab = 0
+        self._eog: Set[int] = set()
+        self._skip: Set[int] = set()
+        self._byte: Set[int] = set()
+        self._strip_leading_space = False
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.is_loaded else "not loaded"
+        return f"LlamaCppBackend(model_path={self.model_path!r}, {state})"
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._llm is not None
+
+    @property
+    def llama(self):
+        """The underlying `llama_cpp.Llama` (loads if needed)."""
+        self.load()
+        return self._llm
+
+    @property
+    def metadata(self) -> Dict[str, Any]:
+        """What `validate_gguf` read from the file (loads if needed)."""
+        self.load()
+        return dict(self._meta)
+
+    def load(self) -> "LlamaCppBackend":
+        """Validate the GGUF file and load it. Idempotent."""
+        if self._llm is not None:
+            return self
+        path = Path(self.model_path).expanduser()
+        meta = validate_gguf(path)  # FileNotFoundError / ValueError naming the path
+        try:
+            import llama_cpp
+        except ImportError as e:
+            raise ImportError(
+                "giellm.LlamaCpp.v1 needs llama-cpp-python: pip install 'spacy-giellm[llamacpp]'"
+            ) from e
+        n_threads = self.n_threads if self.n_threads else physical_cores()
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=self.n_ctx,
+                n_batch=min(512, self.n_ctx),
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_gpu_layers=self.n_gpu_layers,
+                seed=self.seed,
+                logits_all=False,
+                verbose=self.verbose,
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            raise ValueError(f"giellm.LlamaCpp.v1: llama.cpp could not load {str(path)!r}: {e}") from e
+
+        n_vocab = llm.n_vocab()
+        vocab = llm._model.vocab
+        attr_control = int(getattr(llama_cpp, "LLAMA_TOKEN_ATTR_CONTROL", 1 << 3))
+        attr_unknown = int(getattr(llama_cpp, "LLAMA_TOKEN_ATTR_UNKNOWN", 1 << 1))
+        attr_byte = int(getattr(llama_cpp, "LLAMA_TOKEN_ATTR_BYTE", 1 << 5))
+        eog, skip, byte = set(), set(), set()
+        for t in range(n_vocab):
+            attr = int(llama_cpp.llama_vocab_get_attr(vocab, t))
+            if llama_cpp.llama_vocab_is_eog(vocab, t):
+                eog.add(t)
+            if attr & (attr_control | attr_unknown):
+                skip.add(t)
+            if attr & attr_byte:
+                byte.add(t)
+        eos = llm.token_eos()
+        if eos is not None and eos >= 0:
+            eog.add(int(eos))
+        if not eog:
+            raise ValueError(f"giellm.LlamaCpp.v1: {str(path)!r} defines no end-of-generation token")
+
+        self._llm = llm
+        self._meta = meta
+        self._n_vocab = n_vocab
+        self._eog = eog
+        self._skip = skip | eog
+        self._byte = byte
+        # transformers' Llama tokenizers with add_prefix_space strip one leading
+        # space when decoding; mirror that so both backends return the same text.
+        self._strip_leading_space = bool(meta.get("add_space_prefix")) and meta.get("tokenizer_model") == "llama"
+        return self
+
+    def close(self) -> None:
+        """Free the llama.cpp model and context."""
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    # --------------------------------------------------------------- tokenizing
+
+    def encode_prompt(self, prompt: str) -> List[int]:
+        """Prompt ids: BOS as the GGUF says, special-token text parsed (like transformers)."""
+        llm = self.llama
+        add_bos = self._meta.get("add_bos_token")
+        add_bos = True if add_bos is None else bool(add_bos)
+        return llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
+        llm = self.llama
+        if add_special_tokens:
+            return len(self.encode_prompt(text))
+        return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def _piece(self, token: int) -> bytes:
+        import llama_cpp
+
+        vocab = self._llm._model.vocab
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(vocab, llama_cpp.llama_token(token), buf, size, 0, False)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n + 1
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Decode generated ids like transformers' decode(skip_special_tokens=True)."""
+        self.load()
+        out: List[str] = []
+        run = bytearray()
+        run_len = 0
+
+        def flush() -> None:
+            nonlocal run, run_len
+            if run_len:
+                try:
+                    out.append(bytes(run).decode("utf-8"))
+                except UnicodeDecodeError:
+                    out.append("\ufffd" * run_len)
+                run = bytearray()
+                run_len = 0
+
+        for t in ids:
+            t = int(t)
+            if t in self._skip:
+                continue
+            piece = self._piece(t)
+            if t in self._byte:
+                run += piece
+                run_len += 1
+                continue
+            flush()
+            out.append(piece.decode("utf-8", errors="replace"))
+        flush()
+        text = "".join(out)
+        if self._strip_leading_space and text.startswith(" "):
+            text = text[1:]
+        return text
+
+    # --------------------------------------------------------------- generation
+
+    def _argmax_last(self):
+        import llama_cpp
+        import numpy as np
+
+        ptr = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        return int(np.argmax(logits))
+
+    def generate_ids(self, prompts: Sequence[str]) -> List[List[int]]:
+        """Greedy new-token ids per prompt, without the prompt and without the final EOS."""
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        self.load()
+        llm = self._llm
+        results: List[List[int]] = []
+        for prompt in prompts:
+            tokens = self.encode_prompt(prompt)
+            if not tokens:
+                raise ValueError("giellm.LlamaCpp.v1: empty prompt and no BOS token to start from")
+            budget = self.n_ctx - len(tokens)
+            if budget < 1:
+                raise ValueError(
+                    f"giellm.LlamaCpp.v1: prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}"
+                )
+            llm.reset()
+            llm.eval(tokens)
+            new: List[int] = []
+            for _ in range(min(self.max_new_tokens, budget)):
+                t = self._argmax_last()
+                if t in self._eog:
+                    break
+                new.append(t)
+                if len(new) == self.max_new_tokens or len(tokens) + len(new) >= self.n_ctx:
+                    break
+                llm.eval([t])
+            results.append(new)
+        return results
+
+    def generate(self, prompts: List[str]) -> List[str]:
+        """Greedy continuation of each prompt: only the new text, special tokens removed."""
+        return [self.decode(ids) for ids in self.generate_ids(prompts)]
+
+
+@giellm_backends.register("giellm.LlamaCpp.v1")
+def make_llamacpp_backend(
+    model_path: str,
+    n_ctx: int = 2048,
+    n_threads: Optional[int] = None,
+    n_gpu_layers: int = 0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    verbose: bool = False,
+) -> LlamaCppBackend:
+    """A lazily loaded llama.cpp backend; see `LlamaCppBackend`."""
+    return LlamaCppBackend(
+        model_path=model_path,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_gpu_layers=n_gpu_layers,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        verbose=verbose,
+    )

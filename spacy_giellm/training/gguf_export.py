@@ -1,0 +1,446 @@
+"""Export a transformers model directory to GGUF with llama.cpp's own tools.
+
+No converter is written here: `convert_to_gguf` runs llama.cpp's
+`convert_hf_to_gguf.py` (with its `conversion/` package and vendored
+`gguf-py`) as a subprocess, and `quantize_gguf` calls `llama_model_quantize`
+from llama-cpp-python.
+
+Where the converter comes from (`find_converter`):
+
+1. an explicit llama.cpp checkout (`llama_cpp_dir`, or the environment variable
+   `SPACY_GIELLM_LLAMA_CPP_DIR`); a llama-cpp-python checkout works too
+   (its `vendor/llama.cpp` is used);
+2. a cached copy of the llama-cpp-python source distribution matching the
+   installed llama_cpp version, under
+   `~/.cache/spacy-giellm/llama-cpp-python-<version>/` (the cache root can be
+   moved with `SPACY_GIELLM_CACHE_DIR`, else `$XDG_CACHE_HOME/spacy-giellm`);
+3. otherwise it is fetched once with
+   `pip download --no-deps --no-binary :all: llama-cpp-python==<version>`
+   and the conversion files are unpacked into that cache.
+
+The converter matching the installed llama.cpp matters: GGUF metadata and
+tensor layouts change between llama.cpp versions.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+from ..backends.gguf_check import validate_gguf
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+CONVERTER = "convert_hf_to_gguf.py"
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+# Parts of vendor/llama.cpp the converters need (the rest is C/C++ sources).
+_KEEP_TOP_FILES = (CONVERTER, "convert_lora_to_gguf.py", "LICENSE", "requirements.txt")
+_KEEP_DIRS = ("conversion/", "gguf-py/", "models/templates/", "requirements/")
+
+__all__ = [
+    "find_converter",
+    "convert_to_gguf",
+    "quantize_gguf",
+    "llama_cpp_version",
+    "cache_dir",
+    "ConverterNotFoundError",
+    "QuantizationFallbackWarning",
+    "TokenizerConversionWarning",
+    "added_tokens_decoder",
+]
+
+
+class ConverterNotFoundError(FileNotFoundError):
+    """llama.cpp's convert_hf_to_gguf.py could not be found or fetched."""
+
+
+class QuantizationFallbackWarning(UserWarning):
+    """Some tensors could not use the requested quantization type."""
+
+
+class TokenizerConversionWarning(UserWarning):
+    """The GGUF tokenizer will not split text like the transformers tokenizer."""
+
+
+def added_tokens_decoder(model_dir: PathLike) -> Dict[str, Dict[str, Any]]:
+    """`added_tokens_decoder` entries (tokenizer_config.json format) for the
+    added tokens in `model_dir/tokenizer.json`; empty if there is none.
+
+    llama.cpp's converter takes SentencePiece token types from
+    tokenizer.model, where it does not recognise user-defined pieces, and only
+    marks them USER_DEFINED through tokenizer_config.json's
+    `added_tokens_decoder`, which transformers v5 no longer writes.
+    """
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    out: Dict[str, Dict[str, Any]] = {}
+    for t in sorted(data.get("added_tokens") or [], key=lambda t: t["id"]):
+        out[str(t["id"])] = {
+            "content": t["content"],
+            "lstrip": bool(t.get("lstrip", False)),
+            "normalized": bool(t.get("normalized", False)),
+            "rstrip": bool(t.get("rstrip", False)),
+            "single_word": bool(t.get("single_word", False)),
+            "special": bool(t.get("special", False)),
+        }
+    return out
+
+
+def _config_missing_added_tokens(src: Path) -> Optional[Dict[str, Any]]:
+    """A patched tokenizer_config.json if the converter would miss added tokens, else None."""
+    cfg_path = src / "tokenizer_config.json"
+    if not (src / "tokenizer.model").is_file() or not cfg_path.is_file():
+        return None
+    decoder = added_tokens_decoder(src)
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    have = cfg.get("added_tokens_decoder") or {}
+    missing = {k: v for k, v in decoder.items() if k not in have}
+    if not missing:
+        return None
+    cfg["added_tokens_decoder"] = {**have, **missing}
+    return cfg
+
+
+@contextlib.contextmanager
+def _converter_source(src: Path) -> Iterator[Path]:
+    """`src`, or a temp mirror of it (symlinks) with added tokens written into tokenizer_config.json."""
+    patched = _config_missing_added_tokens(src)
+    if patched is None:
+        yield src
+        return
+    with tempfile.TemporaryDirectory(prefix="giellm-gguf-src-") as tmp:
+        mirror = Path(tmp) / src.name
+        mirror.mkdir()
+        for entry in src.iterdir():
+            if entry.name == "tokenizer_config.json":
+                continue
+            try:
+                (mirror / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+            except OSError:  # no symlinks (Windows without privilege)
+                if entry.is_dir():
+                    shutil.copytree(entry, mirror / entry.name)
+                else:
+                    shutil.copy2(entry, mirror / entry.name)
+        (mirror / "tokenizer_config.json").write_text(
+            json.dumps(patched, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+        yield mirror
+
+
+def _check_added_token_types(src: Path, gguf_path: Path, shown_as: Path) -> None:
+    """Warn if user-defined added tokens became NORMAL tokens in the GGUF."""
+    decoder = added_tokens_decoder(src)
+    user = {int(k): v["content"] for k, v in decoder.items() if not v["special"]}
+    if not user:
+        return
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf_path), "r").get_field("tokenizer.ggml.token_type")
+    if field is None:
+        return
+    types = field.contents()
+    normal = [content for i, content in sorted(user.items()) if i < len(types) and types[i] == 1]
+    if normal:
+        shown = ", ".join(repr(c) for c in normal[:8]) + (" ..." if len(normal) > 8 else "")
+        warnings.warn(
+            f"{len(normal)} added token(s) of {str(src)!r} are ordinary tokens in {str(shown_as)!r}: "
+            f"{shown}. llama.cpp will not produce them when tokenizing prompts, so its outputs will "
+            f"differ from transformers'. Keep the SentencePiece tokenizer.model next to the model "
+            f"(transformers v5 drops it on re-save) so they can be marked user-defined.",
+            TokenizerConversionWarning,
+            stacklevel=3,
+        )
+
+
+def llama_cpp_version() -> str:
+    """Version of the installed llama-cpp-python (= llama_cpp.__version__)."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("llama_cpp_python")
+        except PackageNotFoundError:
+            pass
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise ConverterNotFoundError(
+            "llama-cpp-python is not installed, so the matching llama.cpp converter cannot be "
+            "located; install it (pip install 'spacy-giellm[llamacpp]') or pass llama_cpp_dir="
+        ) from e
+    return str(llama_cpp.__version__)
+
+
+def cache_dir() -> Path:
+    """Root of spacy-giellm's cache (SPACY_GIELLM_CACHE_DIR, else XDG cache)."""
+    env = os.environ.get("SPACY_GIELLM_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "spacy-giellm"
+
+
+def _converter_in(root: Path) -> Optional[Path]:
+    for cand in (root / CONVERTER, root / "vendor" / "llama.cpp" / CONVERTER):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def find_converter(llama_cpp_dir: Optional[PathLike] = None) -> Path:
+    """Path of llama.cpp's convert_hf_to_gguf.py; see the module docstring for the search order."""
+    explicit = llama_cpp_dir if llama_cpp_dir is not None else os.environ.get("SPACY_GIELLM_LLAMA_CPP_DIR")
+    if explicit:
+        root = Path(explicit).expanduser()
+        found = _converter_in(root)
+        if found is None:
+            raise ConverterNotFoundError(
+                f"no {CONVERTER} in the llama.cpp directory {str(root)!r} "
+                f"(looked in it and in its vendor/llama.cpp)"
+            )
+        return found
+
+    ver = llama_cpp_version()
+    target = cache_dir() / f"llama-cpp-python-{ver}"
+    found = _converter_in(target)
+    if found is not None:
+        return found
+    _fetch_sdist(ver, target)
+    found = _converter_in(target)
+    if found is None:  # pragma: no cover - sdist layout changed
+        raise ConverterNotFoundError(
+            f"the llama-cpp-python {ver} source distribution has no vendor/llama.cpp/{CONVERTER}"
+        )
+    return found
+
+
+def _fetch_sdist(ver: str, target: Path) -> None:
+    """pip-download the llama-cpp-python sdist and unpack the converter files into `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=str(target.parent)) as tmp:
+        dl = Path(tmp) / "dl"
+        cmd = [
+            sys.executable, "-m", "pip", "download",
+            "--no-deps", "--no-binary", ":all:",
+            "--disable-pip-version-check", "--quiet",
+            "-d", str(dl),
+            f"llama-cpp-python=={ver}",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archives = sorted(dl.glob("llama_cpp_python-*.tar.gz")) + sorted(dl.glob("llama-cpp-python-*.tar.gz"))
+        if not archives:
+            tail = (proc.stderr or proc.stdout or "").strip()[-2000:]
+            raise ConverterNotFoundError(
+                f"could not download the llama-cpp-python {ver} source distribution to get "
+                f"llama.cpp's {CONVERTER} (command: {' '.join(cmd)}; exit {proc.returncode}): {tail}\n"
+                f"Alternatively pass llama_cpp_dir= a llama.cpp checkout of a matching version."
+            )
+        unpacked = Path(tmp) / "unpacked"
+        unpacked.mkdir()
+        staging = _extract_converter_files(archives[0], unpacked)
+        if _converter_in(staging) is None:
+            raise ConverterNotFoundError(
+                f"{archives[0].name} has no vendor/llama.cpp/{CONVERTER}"
+            )
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process filled the cache first; use theirs.
+            if _converter_in(target) is None:
+                raise
+
+
+def _extract_converter_files(archive: Path, dest: Path) -> Path:
+    """Unpack only the converter files of vendor/llama.cpp; returns the sdist's top directory."""
+    with tarfile.open(archive, "r:gz") as tar:
+        members = []
+        tops = set()
+        for m in tar.getmembers():
+            parts = m.name.split("/", 1)
+            if len(parts) != 2 or not parts[1].startswith("vendor/llama.cpp/"):
+                continue
+            if not (m.isfile() or m.isdir()):
+                continue
+            rel = parts[1][len("vendor/llama.cpp/"):]
+            if rel in _KEEP_TOP_FILES or any(rel.startswith(d) for d in _KEEP_DIRS):
+                members.append(m)
+                tops.add(parts[0])
+        if len(tops) != 1:
+            raise ConverterNotFoundError(f"unexpected layout of {archive.name}: top directories {sorted(tops)}")
+        kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(dest, members=members, **kwargs)
+    return dest / tops.pop()
+
+
+def _tmp_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.{os.getpid()}.tmp")
+
+
+def convert_to_gguf(
+    hf_dir: PathLike,
+    out_path: PathLike,
+    outtype: str = "f16",
+    *,
+    llama_cpp_dir: Optional[PathLike] = None,
+    timeout: Optional[float] = None,
+) -> Path:
+    """Convert the transformers model in `hf_dir` to a GGUF file at `out_path`.
+
+    `outtype` is one of f32, f16, bf16, q8_0. The converter runs in a
+    subprocess with this interpreter; the output is validated with
+    `validate_gguf` and moved into place atomically. Returns `Path(out_path)`.
+    """
+    outtype = outtype.lower()
+    if outtype not in OUTTYPES:
+        raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
+    src = Path(hf_dir).expanduser()
+    if not src.is_dir():
+        raise FileNotFoundError(f"model directory not found: {str(src)!r}")
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{str(src)!r} is not a transformers model directory (no config.json)")
+    converter = find_converter(llama_cpp_dir)
+
+    out = Path(out_path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(out)
+    env = dict(os.environ)
+    gguf_py = converter.parent / "gguf-py"
+    paths = [str(converter.parent)] + ([str(gguf_py)] if gguf_py.is_dir() else [])
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.pop("NO_LOCAL_GGUF", None)
+    env.setdefault("HF_HUB_OFFLINE", "1")  # the converter must only read hf_dir
+    try:
+        with _converter_source(src) as source:
+            cmd = [sys.executable, str(converter), str(source), "--outfile", str(tmp), "--outtype", outtype]
+            if source != src:
+                cmd += ["--model-name", src.name]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-25:])
+            raise RuntimeError(
+                f"llama.cpp's converter failed on {str(src)!r} (exit {proc.returncode}).\n"
+                f"command: {' '.join(cmd)}\n{tail}"
+            )
+        if not tmp.is_file():
+            raise RuntimeError(f"llama.cpp's converter reported success but wrote no file for {str(src)!r}")
+        validate_gguf(tmp)
+        _check_added_token_types(src, tmp, shown_as=out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def _ftype_constant(ftype: str) -> int:
+    import llama_cpp
+
+    name = "LLAMA_FTYPE_MOSTLY_" + ftype.upper()
+    if not hasattr(llama_cpp, name):
+        known = sorted(n[len("LLAMA_FTYPE_MOSTLY_"):] for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_"))
+        raise ValueError(f"unknown quantization type {ftype!r}; known: {', '.join(known)}")
+    return int(getattr(llama_cpp, name))
+
+
+def _k_quant(ftype: str) -> bool:
+    f = ftype.upper()
+    return "_K" in f or f.startswith("IQ")
+
+
+def _tensor_rows(path: Path) -> Dict[str, List[int]]:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path), "r")
+    return {t.name: [int(x) for x in t.shape] for t in reader.tensors}
+
+
+def _tensor_types(path: Path) -> Dict[str, str]:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path), "r")
+    return {t.name: t.tensor_type.name for t in reader.tensors}
+
+
+def quantize_gguf(
+    in_path: PathLike,
+    out_path: PathLike,
+    ftype: str = "Q4_K_M",
+    *,
+    nthread: int = 0,
+    verbose: bool = False,
+) -> Path:
+    """Quantize a GGUF file with llama.cpp's `llama_model_quantize`.
+
+    `ftype` names a llama.cpp file type without the LLAMA_FTYPE_MOSTLY_ prefix
+    (Q4_K_M, Q5_K_M, Q8_0, ...). K-quants need rows whose length is a multiple
+    of 256; llama.cpp quantizes other tensors with a fallback type. When that
+    happens a `QuantizationFallbackWarning` lists them (a tiny test model with
+    hidden size 64 falls back entirely). llama.cpp's per-tensor log goes to
+    stderr only with `verbose=True`. Returns `Path(out_path)`.
+    """
+    import logging
+
+    import llama_cpp
+
+    src = Path(in_path).expanduser()
+    validate_gguf(src)
+    code = _ftype_constant(ftype)
+    out = Path(out_path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    fallback: List[str] = []
+    if _k_quant(ftype):
+        for name, shape in _tensor_rows(src).items():
+            if len(shape) >= 2 and shape[0] % 256 != 0:
+                fallback.append(f"{name} (row length {shape[0]})")
+
+    tmp = _tmp_path(out)
+    # llama-cpp-python routes llama.cpp's log through this logger's level.
+    lc_logger = logging.getLogger("llama-cpp-python")
+    old_level = lc_logger.level
+    if not verbose:
+        lc_logger.setLevel(logging.ERROR)
+    try:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = code
+        params.nthread = int(nthread)
+        rc = llama_cpp.llama_model_quantize(str(src).encode("utf-8"), str(tmp).encode("utf-8"), ctypes.byref(params))
+        if rc != 0 or not tmp.is_file():
+            raise RuntimeError(f"llama_model_quantize failed on {str(src)!r} -> {ftype} (return code {rc})")
+        validate_gguf(tmp)
+        types = _tensor_types(tmp)
+        os.replace(tmp, out)
+    finally:
+        lc_logger.setLevel(old_level)
+        if tmp.exists():
+            tmp.unlink()
+
+    if fallback:
+        counts: Dict[str, int] = {}
+        for t in types.values():
+            counts[t] = counts.get(t, 0) + 1
+        summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        shown = "; ".join(fallback[:8]) + (f"; ... ({len(fallback)} in all)" if len(fallback) > 8 else "")
+        warnings.warn(
+            f"{ftype} needs row lengths divisible by 256; {len(fallback)} tensor(s) of {str(src)!r} "
+            f"are not, so llama.cpp quantized them with a fallback type instead: {shown}. "
+            f"Tensor types in {str(out)!r}: {summary}.",
+            QuantizationFallbackWarning,
+            stacklevel=2,
+        )
+    return out

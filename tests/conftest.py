@@ -1,0 +1,78 @@
+"""Shared pytest fixtures.
+
+The tiny model fixtures build everything offline from tests/data/tiny_texts.txt:
+a SentencePiece tokenizer, a random-weight Llama (transformers), and its GGUF
+conversion made with llama.cpp's own converter. They are session-scoped, so
+the build (a few seconds) and the conversion happen once per test session.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA_DIR = Path(__file__).parent / "data"
+
+# Short Japanese sentences plus GIELLM-format strings (input + task markers,
+# output with type:value pairs) to train the tiny tokenizer on.
+TINY_TEXTS = [
+    line
+    for line in (DATA_DIR / "tiny_texts.txt").read_text(encoding="utf-8").splitlines()
+    if line.strip()
+]
+
+# GIELLM format markers kept as single tokenizer pieces.
+GIELLM_USER_SYMBOLS = [
+    "<社会>",
+    "<文芸>",
+    "<学問>",
+    "<技術>",
+    "<自然>",
+    "Named Entity Recognition",
+    "Relation Extraction",
+    "Text Classification",
+    ":人名;",
+    ":地名;",
+    ":法人名;",
+]
+
+TINY_MODEL_KWARGS = dict(
+    vocab_size=1000,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=512,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_texts():
+    return list(TINY_TEXTS)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Directory with a tiny random Llama + tokenizer, loadable by transformers."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
+    from spacy_giellm.training.tiny import build_tiny_llama
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    return build_tiny_llama(out, TINY_TEXTS, user_symbols=GIELLM_USER_SYMBOLS, **TINY_MODEL_KWARGS)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir, tmp_path_factory):
+    """The tiny model converted to an f32 GGUF with llama.cpp's converter."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gguf")
+    from spacy_giellm.training.gguf_export import ConverterNotFoundError, convert_to_gguf
+
+    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny-f32.gguf"
+    try:
+        return convert_to_gguf(tiny_model_dir, out, outtype="f32")
+    except ConverterNotFoundError as e:  # offline and nothing cached
+        pytest.skip(f"llama.cpp converter unavailable: {e}")
