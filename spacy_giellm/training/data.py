@@ -1,0 +1,222 @@
+"""JSONL training records -> tokenized causal-LM examples.
+
+Records are the lines the corpora module writes: `{"text", "task", "input",
+"output", ...}`, where `input` / `output` come from `format.to_pair`. This
+module never builds training text itself.
+
+Tokenization is the one the backends use at inference time:
+
+    ids    = tokenizer(input)                               # default special tokens (BOS)
+           + tokenizer(output, add_special_tokens=False)
+           + [eos]
+    labels = -100 over the input part, ids over output + eos
+
+so the loss is on the output tokens only and the prompt the model is trained
+on is, token for token, the prompt the HF backend feeds it. A sequence longer
+than `max_length` is skipped and counted, never truncated.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+IGNORE_INDEX = -100
+PathLike = Union[str, Path]
+
+
+class TrainingDataError(ValueError):
+    """The training data cannot be used (missing, empty, malformed)."""
+
+
+def read_records(path: PathLike, tasks: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    """The records of one JSONL file, optionally only those of `tasks`.
+
+    Raises TrainingDataError for a missing or empty file, a line that is not
+    a JSON object with string `input` / `output`, or a requested task with no
+    record.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TrainingDataError(f"training data file not found: {p}")
+    records: List[Dict[str, Any]] = []
+    with p.open(encoding="utf8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as err:
+                raise TrainingDataError(f"{p}:{lineno}: not JSON: {err}") from err
+            if not isinstance(rec, dict) or not all(
+                isinstance(rec.get(k), str) for k in ("input", "output")
+            ):
+                raise TrainingDataError(f"{p}:{lineno}: a record needs string 'input' and 'output' fields")
+            records.append(rec)
+    if not records:
+        raise TrainingDataError(f"{p} has no records")
+    if tasks:
+        wanted = set(tasks)
+        missing = wanted - {r.get("task") for r in records}
+        if missing:
+            raise TrainingDataError(f"{p} has no examples for task(s) {sorted(missing)}")
+        records = [r for r in records if r.get("task") in wanted]
+    return records
+
+
+@dataclass
+class TokenizedData:
+    examples: List[Dict[str, List[int]]]
+    n_records: int
+    too_long: int = 0
+    max_length: int = 0
+    longest: int = 0
+    per_task: Dict[str, int] = field(default_factory=dict)
+    too_long_per_task: Dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> Dict[str, Any]:
+        return {
+            "records": self.n_records,
+            "examples": len(self.examples),
+            "too_long": self.too_long,
+            "max_length": self.max_length,
+            "longest": self.longest,
+            "per_task": dict(self.per_task),
+            "too_long_per_task": dict(self.too_long_per_task),
+            "tokens": sum(len(e["input_ids"]) for e in self.examples),
+        }
+
+
+def encode_pair(tokenizer: Any, input_text: str, output_text: str) -> Dict[str, List[int]]:
+    """One example: prompt ids (with the tokenizer's default special tokens),
+    output ids, EOS; labels masked over the prompt."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise TrainingDataError("the tokenizer has no EOS token; generation could never stop")
+    prompt = list(tokenizer(input_text)["input_ids"])
+    answer = list(tokenizer(output_text, add_special_tokens=False)["input_ids"]) + [eos]
+    return {
+        "input_ids": prompt + answer,
+        "labels": [IGNORE_INDEX] * len(prompt) + answer,
+    }
+
+
+def tokenize_records(
+    records: Iterable[Dict[str, Any]], tokenizer: Any, max_length: int, name: str = "data"
+) -> TokenizedData:
+    """Tokenize records; those longer than `max_length` are skipped and counted."""
+    examples: List[Dict[str, List[int]]] = []
+    per_task: Counter = Counter()
+    too_long: Counter = Counter()
+    n = longest = 0
+    for rec in records:
+        n += 1
+        ex = encode_pair(tokenizer, rec["input"], rec["output"])
+        length = len(ex["input_ids"])
+        longest = max(longest, length)
+        task = str(rec.get("task", "?"))
+        if length > max_length:
+            too_long[task] += 1
+            continue
+        per_task[task] += 1
+        examples.append(ex)
+    if n == 0:
+        raise TrainingDataError(f"{name}: no records")
+    data = TokenizedData(
+        examples, n, sum(too_long.values()), max_length, longest, dict(per_task), dict(too_long)
+    )
+    if not examples:
+        raise TrainingDataError(
+            f"{name}: all {n} sequences are longer than max_length={max_length} "
+            f"(longest {longest} tokens); raise max_length"
+        )
+    return data
+
+
+class PadCollator:
+    """Dynamic right padding: input_ids with the pad id, labels with -100,
+    attention_mask 0 over the padding."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: Optional[int] = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: List[Dict[str, List[int]]]) -> Dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            width = (width + m - 1) // m * m
+        ids, labels, mask = [], [], []
+        for f in features:
+            pad = width - len(f["input_ids"])
+            ids.append(list(f["input_ids"]) + [self.pad_token_id] * pad)
+            labels.append(list(f["labels"]) + [IGNORE_INDEX] * pad)
+            mask.append([1] * len(f["input_ids"]) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+        }
+
+
+def split_and_mix(
+    datasets: Dict[str, PathLike],
+    out_dir: PathLike,
+    *,
+    sizes: Optional[Dict[str, Optional[int]]] = None,
+    dev: Union[int, float] = 0.05,
+    test: Union[int, float] = 0.1,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """Split each converted JSONL into train / dev / test, then mix the
+    training parts with `sizes` records per dataset (None: all; fewer than
+    asked: all, reported). Records sharing a text (TCREE's relation and event
+    pairs) stay on the same side. Writes train/dev/test.jsonl to `out_dir`
+    (records unchanged) and returns the counts."""
+    from ..corpora import sample_mix, split_train_dev_test
+
+    out = Path(out_dir)
+    parts: Dict[str, Dict[str, List[Dict[str, Any]]]] = {"train": {}, "dev": {}, "test": {}}
+    for name, path in sorted(datasets.items()):
+        records = read_records(path)
+        by_text: Dict[str, List[Dict[str, Any]]] = {}
+        for rec in records:
+            by_text.setdefault(str(rec.get("text", rec["input"])), []).append(rec)
+        groups = [by_text[t] for t in sorted(by_text)]
+        tr, dv, te = split_train_dev_test(groups, dev, test, seed=seed)
+        for split, chosen in (("train", tr), ("dev", dv), ("test", te)):
+            parts[split][name] = [r for g in chosen for r in g]
+    wanted = {k: v for k, v in (sizes or {}).items() if k in parts["train"]}
+    short = {
+        k: len(parts["train"][k]) for k, v in wanted.items() if v is not None and v > len(parts["train"][k])
+    }
+    counts: Dict[str, Any] = {"seed": seed, "short_of_requested_size": short}
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "dev", "test"):
+        if split == "train":
+            rows = sample_mix(parts[split], wanted, seed=seed, allow_fewer=True)
+        else:
+            rows = [r for name in sorted(parts[split]) for r in parts[split][name]]
+        tmp = out / f".{split}.jsonl.tmp"
+        with tmp.open("w", encoding="utf8") as f:
+            for rec in rows:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        tmp.replace(out / f"{split}.jsonl")
+        counts[split] = dict(Counter(str(r.get("task")) for r in rows))
+    return counts
+
+
+__all__ = [
+    "split_and_mix",
+    "IGNORE_INDEX",
+    "TrainingDataError",
+    "TokenizedData",
+    "read_records",
+    "encode_pair",
+    "tokenize_records",
+    "PadCollator",
+]

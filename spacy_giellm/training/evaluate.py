@@ -1,0 +1,236 @@
+"""Evaluate a trained model on held-out JSONL through the `giellm` component.
+
+Every held-out record goes through a spaCy pipeline (a tokenizer + the
+`giellm` component with the HF or GGUF backend); its gold annotation comes
+from the record (corpora.read_jsonl). One generation gives two scores:
+
+* `model`: the raw generated string read with `format.parse_output`, as the
+  GIELLM paper scores (strings, no alignment);
+* `pipeline`: what the Doc carries afterwards (`annotation_from_doc`), i.e.
+  after spans were placed on tokens; spans the text does not contain are lost.
+
+Writes `metrics.json` and a Markdown table like the paper's Table 1.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from ..annotation import Annotation
+from ..format import parse_output
+from ..scoring import score_annotations
+from ..tasks import Task
+
+PathLike = Union[str, Path]
+
+
+def backend_config(
+    model: PathLike,
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    n_ctx: int = 2048,
+) -> Dict[str, Any]:
+    """The `@giellm_backends` block for a trained model: a .gguf file ->
+    giellm.LlamaCpp.v1; a LoRA adapter dir -> giellm.HF.v1 on its base model
+    with the adapter; any other model dir or hub id -> giellm.HF.v1."""
+    path = Path(model)
+    if path.suffix == ".gguf":
+        return {
+            "@giellm_backends": "giellm.LlamaCpp.v1",
+            "model_path": str(path.resolve()),
+            "max_new_tokens": max_new_tokens,
+            "n_ctx": n_ctx,
+        }
+    cfg: Dict[str, Any] = {
+        "@giellm_backends": "giellm.HF.v1",
+        "model": str(path.resolve()) if path.exists() else str(model),
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+    }
+    adapter_cfg = path / "adapter_config.json"
+    if adapter_cfg.is_file():
+        base = json.loads(adapter_cfg.read_text(encoding="utf8")).get("base_model_name_or_path")
+        if not base:
+            raise ValueError(f"{adapter_cfg} names no base model (base_model_name_or_path)")
+        cfg["model"], cfg["adapter"] = base, str(path.resolve())
+    return cfg
+
+
+def register_backends() -> None:
+    """Import the built-in backend modules so that their registrations run
+    even where the `giellm_backends` entry points are not found."""
+    import importlib
+
+    for module in ("hf", "llamacpp"):
+        importlib.import_module(f"spacy_giellm.backends.{module}")
+
+
+def make_backend(config: Dict[str, Any]) -> Any:
+    """Build a backend from its `@giellm_backends` block."""
+    from ..registry import giellm_backends
+
+    register_backends()
+
+    args = {k: v for k, v in config.items() if k != "@giellm_backends"}
+    return giellm_backends.get(config["@giellm_backends"])(**args)
+
+
+def make_nlp(base: str = "blank") -> Any:
+    """The pipeline the component goes into: "blank" (spacy.blank("ja"),
+    SudachiPy tokens only) or a pipeline name / path such as "ja_ginza"."""
+    import spacy
+
+    return spacy.blank("ja") if base == "blank" else spacy.load(base)
+
+
+def add_giellm(nlp: Any, task: Task, backend: Dict[str, Any], name: str, **options: Any) -> Any:
+    """Add a `giellm` component for `task` (a Task is passed as its dict)."""
+    import spacy_giellm.component  # noqa: F401  (registers the factory)
+
+    register_backends()
+
+    config = {"task": task.to_dict(), "backend": backend, **options}
+    return nlp.add_pipe("giellm", name=name, config=config)
+
+
+def load_gold(path: PathLike) -> Dict[Tuple[str, Optional[str]], Tuple[Task, List[Annotation]]]:
+    """Gold annotations grouped by (task, instruction word)."""
+    from ..corpora import ReadReport, read_jsonl
+
+    from ..cli import _tasks_with_gold_labels
+
+    golds = list(read_jsonl(path, report=ReadReport(path=str(path))))
+    # Word levels without labels (TCREE) get the gold records' labels, so
+    # that predictions are parsed anchored on them, as `evaluate` does.
+    tasks = _tasks_with_gold_labels(golds, None)
+    groups: Dict[Tuple[str, Optional[str]], Tuple[Task, List[Annotation]]] = {}
+    for ann in golds:
+        task = tasks[ann.task]
+        key = (task.name, ann.instruction if len(task.instructions) > 1 else None)
+        groups.setdefault(key, (task, []))[1].append(ann)
+    if not groups:
+        raise ValueError(f"{path}: no held-out records")
+    return groups
+
+
+def _group_name(key: Tuple[str, Optional[str]]) -> str:
+    return key[0] if key[1] is None else f"{key[0]} ({key[1]})"
+
+
+def evaluate(
+    model: PathLike,
+    data: PathLike,
+    output_dir: PathLike,
+    *,
+    nlp_base: str = "blank",
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    limit: int = 0,
+    title: str = "",
+    predictions: bool = True,
+) -> Dict[str, Any]:
+    """Score `model` (HF dir, LoRA adapter dir or .gguf) on held-out `data`;
+    writes metrics.json, metrics.md and (optionally) predictions.jsonl to
+    `output_dir`. Returns the metrics."""
+    t0 = time.time()
+    out_dir = Path(output_dir)
+    groups = load_gold(data)
+    if limit:
+        groups = {k: (t, anns[:limit]) for k, (t, anns) in groups.items()}
+    backend_cfg = backend_config(model, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    nlp = make_nlp(nlp_base)
+    results: Dict[str, Any] = {}
+    all_model: List[Tuple[Annotation, Annotation]] = []
+    all_pipe: List[Tuple[Annotation, Annotation]] = []
+    rows_out: List[Dict[str, Any]] = []
+    from ..component import annotation_from_doc
+
+    for i, (key, (task, golds)) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+        name = f"giellm_{i}"
+        add_giellm(
+            nlp, task, backend_cfg, name,
+            instruction=key[1], batch_size=batch_size, store_output=True, split_tokens=True,
+        )
+        t_group = time.time()
+        docs = list(nlp.pipe([g.text or "" for g in golds]))
+        nlp.remove_pipe(name)
+        model_pairs, pipe_pairs = [], []
+        for gold, doc in zip(golds, docs):
+            outputs = (doc._.giellm_output or {}).get("outputs", [])
+            raw = "".join(outputs)
+            parsed = parse_output(raw, task, gold.text)
+            model_pairs.append((gold, parsed.annotation))
+            pipe_pairs.append((gold, annotation_from_doc(doc, task)))
+            if predictions:
+                rows_out.append({
+                    "task": task.name, "instruction": key[1], "text": gold.text, "output": raw,
+                    "problems": parsed.problems,
+                })
+        all_model += model_pairs
+        all_pipe += pipe_pairs
+        results[_group_name(key)] = {
+            "sequences": len(golds),
+            "seconds": round(time.time() - t_group, 1),
+            "model": score_annotations(model_pairs),
+            "pipeline": score_annotations(pipe_pairs),
+        }
+    if len(groups) > 1:
+        results["ALL"] = {
+            "sequences": len(all_model),
+            "model": score_annotations(all_model),
+            "pipeline": score_annotations(all_pipe),
+        }
+    metrics = {
+        "title": title,
+        "model": str(model),
+        "backend": backend_cfg,
+        "nlp": nlp_base,
+        "data": str(data),
+        "sequences": len(all_model),
+        "seconds": round(time.time() - t0, 1),
+        "results": results,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from .train import write_json_atomic
+
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    (out_dir / "metrics.md").write_text(markdown_table(metrics), encoding="utf8")
+    if predictions:
+        with open(out_dir / "predictions.jsonl", "w", encoding="utf8") as f:
+            for row in rows_out:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return metrics
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def markdown_table(metrics: Dict[str, Any], level: str = "model") -> str:
+    """Table 1 of the paper (TL / WL / ALL accuracy) plus word-level P/R/F."""
+    lines = []
+    if metrics.get("title"):
+        lines += [f"### {metrics['title']}", ""]
+    lines += [
+        f"Model: `{metrics['model']}` ({metrics['backend']['@giellm_backends']}); "
+        f"held-out data: `{metrics['data']}`, {metrics['sequences']} sequences; "
+        f"time: {metrics['seconds']} s. Scores: {level} level "
+        f"({'generated strings' if level == 'model' else 'spans on the Doc'}), in %.",
+        "",
+        "| Dataset / task | n | TL | WL | ALL | WL P | WL R | WL F |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, res in metrics["results"].items():
+        s = res[level]
+        lines.append(
+            f"| {name} | {res['sequences']} | {_pct(s['tl_acc'])} | {_pct(s['wl_acc'])} | "
+            f"{_pct(s['all_acc'])} | {_pct(s['wl_p'])} | {_pct(s['wl_r'])} | {_pct(s['wl_f'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["evaluate", "backend_config", "make_backend", "make_nlp", "add_giellm", "markdown_table", "load_gold"]

@@ -1,0 +1,217 @@
+"""After training: merge LoRA weights, export to GGUF, check the GGUF against
+the HF model, and write a spaCy pipeline that uses it.
+
+The GGUF conversion itself is llama.cpp's (`training.gguf_export`).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from .evaluate import add_giellm, backend_config, load_gold, make_backend
+from .train import atomic_save, write_json_atomic
+
+PathLike = Union[str, Path]
+FLOAT_TYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+def is_adapter(model_dir: PathLike) -> bool:
+    return (Path(model_dir) / "adapter_config.json").is_file()
+
+
+def merge(model_dir: PathLike, out_dir: PathLike) -> Dict[str, Any]:
+    """LoRA adapter -> base weights with the adapter merged in, saved as
+    safetensors (with the tokenizer). A full model is copied as it is."""
+    src, out = Path(model_dir), Path(out_dir)
+    if not (src / "config.json").is_file() and not is_adapter(src):
+        raise FileNotFoundError(f"{src} is neither a model nor a LoRA adapter directory")
+    t0 = time.time()
+    if not is_adapter(src):
+        tmp = out.parent / f".{out.name}.copy-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        return {"merged": False, "model": str(out), "source": str(src), "seconds": round(time.time() - t0, 1)}
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = json.loads((src / "adapter_config.json").read_text(encoding="utf8"))["base_model_name_or_path"]
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(src)).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    atomic_save(model, tokenizer, out, tokenizer_source=str(src))
+    return {"merged": True, "model": str(out), "base": base, "adapter": str(src), "seconds": round(time.time() - t0, 1)}
+
+
+def export_gguf(
+    model_dir: PathLike, out_path: PathLike, outtype: str = "f16", *, keep_float: bool = True
+) -> Dict[str, Any]:
+    """HF dir -> GGUF. `outtype` f32/f16/bf16/q8_0 converts directly; a
+    llama.cpp quantization type (Q4_K_M, Q5_K_M, ...) converts to f16 first
+    and then quantizes (the f16 file is kept next to it if `keep_float`)."""
+    from ..backends.gguf_check import validate_gguf
+    from .gguf_export import convert_to_gguf, quantize_gguf
+
+    if is_adapter(model_dir):
+        raise ValueError(f"{model_dir} is a LoRA adapter: merge it first (the `merge` command)")
+    t0 = time.time()
+    out = Path(out_path)
+    if outtype.lower() in FLOAT_TYPES:
+        convert_to_gguf(model_dir, out, outtype.lower())
+        source = None
+    else:
+        source = out.with_name(out.stem + ".f16.gguf")
+        convert_to_gguf(model_dir, source, "f16")
+        quantize_gguf(source, out, outtype.upper())
+        if not keep_float:
+            source.unlink()
+    info = validate_gguf(out)
+    return {
+        "gguf": str(out),
+        "outtype": outtype,
+        "from": str(model_dir),
+        "float_gguf": str(source) if source and keep_float else None,
+        "bytes": out.stat().st_size,
+        "n_vocab": info["n_vocab"],
+        "n_layers": info["n_layers"],
+        "n_embd": info["n_embd"],
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def verify_gguf(
+    gguf: PathLike,
+    hf_model: PathLike,
+    data: PathLike,
+    n: int = 8,
+    max_new_tokens: int = 64,
+) -> Dict[str, Any]:
+    """Greedy outputs of the GGUF (llama.cpp) and the HF model on the first
+    `n` held-out prompts of each task; mismatches are listed. A float GGUF
+    should match exactly; a quantized one may not (its report says so)."""
+    from ..backends.gguf_check import validate_gguf
+    from ..format import build_input
+
+    t0 = time.time()
+    prompts: List[str] = []
+    for (task_name, instruction), (task, golds) in sorted(load_gold(data).items(), key=lambda kv: str(kv[0])):
+        prompts += [build_input(g.text or "", task, instruction) for g in golds[:n]]
+    info = validate_gguf(gguf)
+    n_ctx = int(info.get("context_length") or 2048)
+    hf = make_backend(backend_config(hf_model, max_new_tokens=max_new_tokens))
+    cfg = backend_config(gguf, max_new_tokens=max_new_tokens, n_ctx=min(n_ctx, 4096))
+    lc = make_backend(cfg)
+    hf_ids, lc_ids = hf.generate_ids(prompts), lc.generate_ids(prompts)
+    mismatches = []
+    for prompt, a, b in zip(prompts, hf_ids, lc_ids):
+        if a != b:
+            first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            mismatches.append({
+                "prompt": prompt,
+                "hf": hf.decode(a),
+                "gguf": lc.decode(b),
+                "first_different_token": first,
+            })
+    return {
+        "gguf": str(gguf),
+        "hf_model": str(hf_model),
+        "file_type": info.get("file_type"),
+        "prompts": len(prompts),
+        "max_new_tokens": max_new_tokens,
+        "identical": len(prompts) - len(mismatches),
+        "mismatches": mismatches,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def tasks_of(data: PathLike) -> List[Dict[str, Any]]:
+    """(task dict, instruction) for each task / instruction word in `data`."""
+    return [
+        {"task": task.to_dict(), "instruction": instruction}
+        for (_, instruction), (task, _) in sorted(load_gold(data).items(), key=lambda kv: str(kv[0]))
+    ]
+
+
+def package_pipeline(
+    gguf: PathLike,
+    out_dir: PathLike,
+    tasks: Sequence[Dict[str, Any]],
+    *,
+    base: str = "ja_ginza",
+    name: str = "giellm",
+    version: str = "0.0.0",
+    max_new_tokens: int = 256,
+    meta: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Write `base` + one `giellm` component per task (all on the GGUF) to
+    `out_dir`, a directory `spacy package` turns into an installable package.
+
+    The components keep the GGUF's absolute path (the component does not
+    copy weights into the pipeline directory), so the package works where
+    that file is.
+    """
+    import spacy
+
+    gguf = Path(gguf).resolve()
+    if not gguf.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {gguf}")
+    nlp = spacy.load(base)
+    backend = backend_config(gguf, max_new_tokens=max_new_tokens)
+    names = []
+    for spec in tasks:
+        task_name = spec["task"]["name"]
+        iw = spec.get("instruction")
+        pipe_name = "giellm_" + "_".join(
+            p for p in (task_name, (iw or "").split()[0].lower() if iw else "") if p
+        ).replace("-", "_")
+        from ..tasks import Task
+
+        add_giellm(nlp, Task.from_dict(spec["task"]), backend, pipe_name, instruction=iw, ents="overwrite")
+        names.append(pipe_name)
+    nlp.meta["name"] = name
+    nlp.meta["version"] = version
+    nlp.meta["description"] = (
+        f"{base} + GIELLM components ({', '.join(names)}) on {gguf.name} (llama.cpp)"
+    )
+    nlp.meta["requirements"] = list(nlp.meta.get("requirements", [])) + ["spacy-giellm", "llama-cpp-python"]
+    if meta:
+        nlp.meta.setdefault("giellm", {}).update(meta)
+    out = Path(out_dir)
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    nlp.to_disk(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return {"pipeline": str(out), "components": names, "gguf": str(gguf), "base": base}
+
+
+def annotate(pipeline: PathLike, texts: Sequence[str]) -> List[Dict[str, Any]]:
+    """Run a pipeline over texts; cats, ents, sentiment spans, relations,
+    events per text."""
+    import spacy
+
+    import spacy_giellm.component as component
+
+    from .evaluate import register_backends
+
+    register_backends()
+    nlp = spacy.load(pipeline)
+    rows = []
+    for doc in nlp.pipe(texts):
+        rows.append({
+            "text": doc.text,
+            "cats": {k: round(v, 3) for k, v in doc.cats.items()},
+            "ents": [(e.text, e.label_) for e in doc.ents],
+            "sentiments": [(s.text, s.label_) for s in doc.spans.get(component.SENTIMENT_GROUP, [])],
+            "relations": [(r.label, [str(a) for a in r.args]) for r in doc._.relations],
+            "events": [(r.label, [str(a) for a in r.args]) for r in doc._.events],
+        })
+    return rows
+
+
+__all__ = ["merge", "export_gguf", "verify_gguf", "package_pipeline", "annotate", "tasks_of", "is_adapter"]

@@ -1,0 +1,167 @@
+"""Training data, training runs (from scratch, LoRA, resume), evaluation and
+export on tiny CPU models built from the shipped samples."""
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from spacy_giellm.training.data import (  # noqa: E402
+    IGNORE_INDEX,
+    PadCollator,
+    TrainingDataError,
+    encode_pair,
+    read_records,
+    split_and_mix,
+    tokenize_records,
+)
+from spacy_giellm.training.train import (  # noqa: E402
+    BaseModelNotFound,
+    TinyModelConfig,
+    TrainConfig,
+    train,
+)
+
+ASSETS = Path(__file__).parent.parent / "assets"
+TINY = TinyModelConfig(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def sample_splits(tmp_path_factory):
+    """The shipped stockmark + tcree samples, converted and split."""
+    from spacy_giellm.corpora import read_corpus, write_jsonl
+
+    root = tmp_path_factory.mktemp("corpus")
+    ner, _ = read_corpus("stockmark-ner", ASSETS / "stockmark-ner-sample.json")
+    tcree, _ = read_corpus("pairs", ASSETS / "tcree-sample.jsonl", task="tcree")
+    write_jsonl(ner[:80], root / "ner.jsonl")
+    write_jsonl(tcree, root / "tcree.jsonl")
+    counts = split_and_mix(
+        {"ner-ja": root / "ner.jsonl", "tcree": root / "tcree.jsonl"}, root, dev=4, test=4, seed=1
+    )
+    return root, counts
+
+
+def test_encode_pair_masks_the_prompt(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prompt, output = "東京は日本の首都。Named Entity Recognition", "Named Entity Recognition:地名;東京"
+    ex = encode_pair(tok, prompt, output)
+    p = tok(prompt)["input_ids"]
+    o = tok(output, add_special_tokens=False)["input_ids"]
+    assert p[0] == tok.bos_token_id
+    assert ex["input_ids"] == p + o + [tok.eos_token_id]
+    assert ex["labels"] == [IGNORE_INDEX] * len(p) + o + [tok.eos_token_id]
+    batch = PadCollator(tok.pad_token_id)([ex, encode_pair(tok, "京都", "x")])
+    short = batch["labels"][1].tolist()
+    assert short[-1] == IGNORE_INDEX and batch["attention_mask"][1].tolist()[-1] == 0
+    assert batch["input_ids"].shape == batch["labels"].shape
+
+
+def test_too_long_sequences_are_counted_not_truncated(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    recs = [
+        {"task": "ner-ja", "input": "東京", "output": "x"},
+        {"task": "ner-ja", "input": "東京" * 200, "output": "x"},
+    ]
+    data = tokenize_records(recs, tok, max_length=64)
+    assert (len(data.examples), data.too_long, data.too_long_per_task) == (1, 1, {"ner-ja": 1})
+    assert data.longest > 64
+    with pytest.raises(TrainingDataError, match="longer than max_length"):
+        tokenize_records(recs[1:], tok, max_length=64)
+
+
+def test_clear_data_errors(tmp_path):
+    with pytest.raises(TrainingDataError, match="not found"):
+        read_records(tmp_path / "missing.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf8")
+    with pytest.raises(TrainingDataError, match="no records"):
+        read_records(tmp_path / "empty.jsonl")
+    path = _write(tmp_path / "a.jsonl", [{"task": "ner-ja", "input": "a", "output": "b"}])
+    with pytest.raises(TrainingDataError, match="no examples for task"):
+        read_records(path, tasks=["tcree"])
+    with pytest.raises(TrainingDataError, match="no records"):
+        train(tmp_path / "empty.jsonl", None, tmp_path / "out", TrainConfig(from_scratch=True))
+
+
+def test_missing_base_model_fails_before_training(tmp_path, sample_splits):
+    root, _ = sample_splits
+    with pytest.raises(BaseModelNotFound, match="not found"):
+        train(root / "train.jsonl", None, tmp_path / "out", TrainConfig(base_model=str(tmp_path / "nope")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_keeps_a_texts_records_together(sample_splits):
+    root, counts = sample_splits
+    assert counts["test"]["ner-ja"] == 4 and counts["test"]["tcree"] >= 4
+    texts = {s: {r["text"] for r in read_records(root / f"{s}.jsonl")} for s in ("train", "dev", "test")}
+    assert not texts["train"] & texts["test"] and not texts["dev"] & texts["test"]
+
+
+@pytest.mark.slow
+def test_train_from_scratch_resume_evaluate_export(tmp_path, sample_splits):
+    from transformers import AutoModelForCausalLM
+
+    root, _ = sample_splits
+    out = tmp_path / "run"
+    cfg = TrainConfig(
+        from_scratch=True, max_steps=2, eval_steps=2, batch_size=8, learning_rate=1e-3,
+        max_length=256, tiny=TINY, logging_steps=1,
+    )
+    first = train(root / "train.jsonl", root / "dev.jsonl", out, cfg)
+    assert first["steps"] == 2 and first["resumed_from"] is None and first["dev_loss"] > 0
+    assert json.loads((out / "manifest.json").read_text())["data"]["train"]["examples"] > 0
+    assert (out / "model" / "model.safetensors").is_file()
+    AutoModelForCausalLM.from_pretrained(str(out / "model"))
+
+    # A rerun with more steps resumes from the checkpoint, not from step 0.
+    cfg.max_steps = 4
+    second = train(root / "train.jsonl", root / "dev.jsonl", out, cfg)
+    assert second["resumed_from"].endswith("checkpoint-2") and second["steps"] == 4
+
+    from spacy_giellm.training.evaluate import evaluate
+
+    metrics = evaluate(out / "model", root / "test.jsonl", tmp_path / "eval", max_new_tokens=8, limit=2)
+    assert set(metrics["results"]) == {"ner-ja", "tcree (Event Extraction)", "tcree (Relation Extraction)", "ALL"}
+    assert "| ner-ja | 2 |" in (tmp_path / "eval" / "metrics.md").read_text(encoding="utf8")
+
+    pytest.importorskip("llama_cpp")
+    from spacy_giellm.training.export import export_gguf, verify_gguf
+    from spacy_giellm.training.gguf_export import ConverterNotFoundError
+
+    try:
+        export_gguf(out / "model", tmp_path / "m.gguf", "f32")
+    except ConverterNotFoundError as err:
+        pytest.skip(f"llama.cpp converter unavailable: {err}")
+    report = verify_gguf(tmp_path / "m.gguf", out / "model", root / "test.jsonl", n=2, max_new_tokens=12)
+    assert report["prompts"] == 6 and report["mismatches"] == []
+
+
+@pytest.mark.slow
+def test_lora_train_and_merge(tmp_path, sample_splits, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from spacy_giellm.training.export import merge
+
+    root, _ = sample_splits
+    cfg = TrainConfig(
+        base_model=str(tiny_model_dir), max_steps=1, eval_steps=1, batch_size=4, max_length=256,
+        lora_r=2, lora_alpha=4,
+    )
+    manifest = train(root / "train.jsonl", root / "dev.jsonl", tmp_path / "lora", cfg)
+    assert manifest["kind"] == "lora-adapter" and manifest["trainable_parameters"] < manifest["parameters"]
+    assert (tmp_path / "lora" / "model" / "adapter_model.safetensors").is_file()
+    info = merge(tmp_path / "lora" / "model", tmp_path / "merged")
+    assert info["merged"]
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    assert not any("lora" in name for name, _ in model.named_parameters())
