@@ -292,6 +292,8 @@ def _parse_tuples(
         return sum(_in_text(f, text) for f in fields)
 
     # Between two labels lies `tail_i ":" ":" head_i+1`; try every `::`.
+    found = problems
+    problems = []
     heads: List[Optional[List[str]]] = [None] * len(labels)
     tails: List[Optional[List[str]]] = [None] * len(labels)
     first = rest[: labels[0].start()]
@@ -318,7 +320,53 @@ def _parse_tuples(
             problems.append(f"broken {wl.kind} piece with label {label.group(1)!r}")
             continue
         out.append((label.group(1), tuple(head + tail)))
+    if problems and len(labels) <= 40:
+        # An argument may look like a label (`:発;発売;発売;発:`): a reading
+        # that leaves some anchors inside arguments may parse cleanly.
+        reading = _consistent_reading(rest, labels, head_of, tail_of, score, colon)
+        if reading is not None:
+            return reading
+    found.extend(problems)
     return out
+
+
+def _consistent_reading(rest, labels, head_of, tail_of, score, colon) -> Optional[List[Tuple[str, Tuple[str, ...]]]]:
+    """The reading of `rest` in which every piece parses, over the choices
+    of which label anchors are labels (the others lie inside arguments);
+    best: most fields found in the text, then most pieces. None if there is
+    no such reading."""
+    # best[j]: reading whose last label is anchor j -> (key, previous anchor, head_j, tail of previous)
+    best: List[Optional[Tuple[Tuple[int, int], Optional[int], List[str], Optional[List[str]]]]] = []
+    for j, label in enumerate(labels):
+        head = head_of(rest[: label.start()])
+        entry = ((score(head), 1), None, head, None) if head is not None else None
+        for i in range(j):
+            prev = best[i]
+            if prev is None:
+                continue
+            region = rest[labels[i].end() : label.start()]
+            for cut in _colon_cuts(region, colon):
+                tail, head = tail_of(region[:cut]), head_of(region[cut:])
+                if tail is not None and head is not None:
+                    key = (prev[0][0] + score(tail) + score(head), prev[0][1] + 1)
+                    if entry is None or key > entry[0]:
+                        entry = (key, i, head, tail)
+        best.append(entry)
+    finals = []
+    for k, entry in enumerate(best):
+        tail = tail_of(rest[labels[k].end() :]) if entry is not None else None
+        if entry is not None and tail is not None:
+            finals.append(((entry[0][0] + score(tail), entry[0][1]), k, tail))
+    if not finals:
+        return None
+    _, last, tail = max(finals, key=lambda f: f[0])
+    pieces: List[Tuple[str, Tuple[str, ...]]] = []
+    k: Optional[int] = last
+    while k is not None:
+        _, prev_k, head, prev_tail = best[k]  # type: ignore[misc]
+        pieces.append((labels[k].group(1), tuple(head + tail)))  # type: ignore[operator]
+        k, tail = prev_k, prev_tail
+    return pieces[::-1]
 
 
 def _colon_cuts(region: str, colon: str) -> List[int]:
