@@ -81,6 +81,9 @@ class Annotation:
     sentiments: List[Mention] = field(default_factory=list)
     relations: List[Relation] = field(default_factory=list)
     events: List[Relation] = field(default_factory=list)
+    # Extra per-record fields a corpus carries (an id, a split); kept through
+    # the JSONL reader and writer, left out of equality and of `to_dict`.
+    meta: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def word_keys(self) -> List[Tuple[str, ...]]:
         """Hashable word-level items for scoring, tagged with their kind."""
