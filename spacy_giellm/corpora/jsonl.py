@@ -1,0 +1,189 @@
+"""The project's own JSONL: one record per line,
+
+    {"text", "task", "input", "output", "label", "instruction",
+     "entities": [{"label", "text", "start", "end"}], "sentiments": [...],
+     "relations": [{"label", "args": [...], "offsets": [[s, e] | null, ...]}],
+     "events": [...], ...extra fields}
+
+that is `Annotation.to_dict()` plus the `input`/`output` strings of the
+format, plus the corpus's extra fields (`Annotation.meta`, e.g. jrte's `id`
+and `split`). Structured fields win over `output`; a record with only an
+`output` (a model's prediction) is parsed with its task. A record without
+`text` gets it back from `input`.
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
+
+from ..annotation import Annotation
+from ..format import parse_output, to_pair
+from ..tasks import Task
+from .report import CorpusError, ReadReport, TaskSpec, offset_problems, resolve_task
+
+PathLike = Union[str, Path]
+
+CORE_FIELDS = ("text", "task", "label", "instruction", "entities", "sentiments", "relations", "events")
+FORMAT_FIELDS = ("input", "output")
+STRUCTURED_FIELDS = ("label", "entities", "sentiments", "relations", "events")
+
+
+def iter_json_lines(path: PathLike) -> Iterator[Tuple[int, Any]]:
+    """(line number, parsed JSON) for every non-blank line. Raises
+    CorpusError naming the line for invalid JSON."""
+    with open(path, encoding="utf8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield lineno, CorpusError(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno})")
+
+
+def annotation_from_record(
+    record: Any,
+    where: str,
+    task: Optional[TaskSpec] = None,
+    cache: Optional[Dict[str, Task]] = None,
+    lenient: bool = False,
+) -> Tuple[Annotation, Task, int]:
+    """One JSONL record as an Annotation, its task, and how many parse
+    problems its `output` had (0 unless `lenient`; otherwise problems raise).
+
+    A record that is a JSON string is taken as a raw `output`."""
+    if isinstance(record, str):
+        record = {"output": record}
+    if not isinstance(record, dict):
+        raise CorpusError(f"{where}: a record is a JSON object, got {type(record).__name__}")
+    name = record.get("task")
+    if name is not None and not isinstance(name, str):
+        raise CorpusError(f"{where}: 'task' must be a string, got {name!r}")
+    resolved = resolve_task(task, name, where, cache if cache is not None else {})
+    for key in ("text", "input", "output", "label", "instruction"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise CorpusError(f"{where}: {key!r} must be a string, got {record[key]!r}")
+    text = record.get("text")
+    instruction = record.get("instruction")
+    if text is None and record.get("input") is not None:
+        from .pairs import split_input
+
+        try:
+            text, instruction_in = split_input(record["input"], resolved)
+        except ValueError as err:
+            raise CorpusError(f"{where}: {err}") from err
+        instruction = instruction if instruction is not None else instruction_in
+    meta = {k: v for k, v in record.items() if k not in CORE_FIELDS and k not in FORMAT_FIELDS}
+    problems = 0
+    if any(record.get(k) is not None for k in STRUCTURED_FIELDS):
+        try:
+            ann = Annotation.from_dict({**record, "text": text, "task": resolved.name})
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CorpusError(f"{where}: malformed structured field: {err!r}") from err
+        ann.instruction = instruction
+        if instruction is not None and len(resolved.instructions) > 1:
+            try:
+                resolved.word_level(instruction)
+            except KeyError as err:
+                raise CorpusError(f"{where}: {err.args[0]}") from err
+        bad = offset_problems(ann)
+        if bad:
+            raise CorpusError(f"{where}: offsets do not match the text: {'; '.join(bad[:3])}")
+    elif record.get("output") is not None:
+        parsed = parse_output(record["output"], resolved, text)
+        if parsed.problems:
+            if not lenient:
+                raise CorpusError(f"{where}: cannot parse output {record['output'][:60]!r}: {'; '.join(parsed.problems)}")
+            problems = len(parsed.problems)
+        ann = parsed.annotation
+    else:
+        ann = Annotation(text=text, task=resolved.name, instruction=instruction)
+    ann.meta = meta
+    return ann, resolved, problems
+
+
+def read_jsonl(
+    path: PathLike,
+    *,
+    task: Optional[TaskSpec] = None,
+    skip_errors: bool = False,
+    report: Optional[ReadReport] = None,
+    lenient: bool = False,
+) -> Iterator[Annotation]:
+    """Annotations from the project's JSONL. `task` (name, file, Task) is
+    used for records that name none and must match those that do; without
+    it each record's `task` must be a built-in task. `lenient=True` keeps
+    outputs with parse problems (predictions) and counts them in
+    `report.problems` instead of failing."""
+    report = report if report is not None else ReadReport(path=str(path))
+    cache: Dict[str, Task] = {}
+    for lineno, record in iter_json_lines(path):
+        report.read += 1
+        where = f"{path}:{lineno}"
+        try:
+            if isinstance(record, CorpusError):
+                raise record
+            ann, resolved, problems = annotation_from_record(record, where, task, cache, lenient)
+        except CorpusError as err:
+            report.skip(err, skip_errors)
+            continue
+        report.problems += bool(problems)
+        report.task = report.task or resolved
+        yield ann
+
+
+def annotation_record(ann: Annotation, task: Task) -> Dict[str, Any]:
+    """The JSONL record of an annotation (raises ValueError where the format
+    cannot carry it)."""
+    if ann.task is None:
+        ann = ann.copy(task=task.name)
+    model_input, output = to_pair(ann, task)
+    record: Dict[str, Any] = {"text": ann.text, "task": ann.task, "input": model_input, "output": output}
+    record.update(ann.to_dict())
+    for key, value in ann.meta.items():
+        record.setdefault(key, value)
+    return record
+
+
+def write_jsonl(
+    annotations: Iterable[Annotation],
+    path: PathLike,
+    task: Optional[TaskSpec] = None,
+    *,
+    skip_errors: bool = False,
+    report: Optional[ReadReport] = None,
+) -> int:
+    """Write annotations as JSONL records (see the module docstring), all or
+    nothing: a temporary file replaces `path` once every record is written.
+    Without `task`, each annotation's own (built-in) task is used. Returns
+    the number written; an annotation the format cannot carry raises
+    CorpusError (or is counted as skipped with `skip_errors`)."""
+    path = Path(path)
+    report = report if report is not None else ReadReport(path=str(path))
+    cache: Dict[str, Task] = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    written = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf8") as f:
+            for i, ann in enumerate(annotations, 1):
+                where = f"{path}: record {i}"
+                try:
+                    resolved = resolve_task(task, ann.task, where, cache)
+                    record = annotation_record(ann, resolved)
+                except CorpusError as err:
+                    report.skip(err, skip_errors)
+                    continue
+                except ValueError as err:
+                    report.fail(where, f"cannot write {ann.text!r:.60}: {err}", skip_errors)
+                    continue
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                written += 1
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    report.written += written
+    return written
