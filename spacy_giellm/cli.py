@@ -56,7 +56,8 @@ def _progress(items: Any, path: Path, desc: str) -> Any:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit=" rec", file=sys.stderr, leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs, CI)
+    return tqdm(items, desc=desc, unit=" rec", file=sys.stderr, leave=False, disable=None)
 
 
 @app.command("convert")
@@ -70,7 +71,7 @@ def convert_cli(
     input_col: Optional[str] = typer.Option(None, "--input-col", help="pairs: input column (default: input)"),
     output_col: Optional[str] = typer.Option(None, "--output-col", help="pairs: output column (default: output)"),
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="docbin: spaCy pipeline or language whose tokenizer makes the Docs (default: one token per character)"
+        None, "--model", "-m", help="For .spacy output: the spaCy pipeline (name or path) or language code (blank) whose tokenizer makes the Docs; default one token per character"
     ),
 ) -> None:
     """Convert a corpus to the project's JSONL or to a spaCy DocBin.
