@@ -36,7 +36,8 @@ def train_cli(
     lora_targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj", "--lora-targets", help="Comma-separated module names"),
     epochs: float = typer.Option(3.0, "--epochs"),
     max_steps: int = typer.Option(-1, "--max-steps", help="Overrides --epochs when > 0"),
-    max_time: float = typer.Option(0.0, "--max-time", help="Stop after this many seconds of training (0: no limit)"),
+    max_time: float = typer.Option(0.0, "--max-time", help="Stop after this many seconds of training (0: no limit); the LR follows a cosine over them"),
+    time_clock: str = typer.Option("wall", "--time-clock", help="--max-time in 'wall' seconds or in this process's 'cpu' seconds (all threads)"),
     lr: float = typer.Option(2e-4, "--lr"),
     warmup: float = typer.Option(0.03, "--warmup", help="Warmup steps, or a fraction of the steps if < 1"),
     batch_size: int = typer.Option(8, "--batch-size"),
@@ -67,7 +68,7 @@ def train_cli(
             base_model=base_model, from_scratch=from_scratch, full=full, tasks=tuple(_csv(tasks)),
             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
             lora_target_modules=tuple(_csv(lora_targets)), epochs=epochs, max_steps=max_steps,
-            max_time=max_time, learning_rate=lr, warmup=warmup, batch_size=batch_size,
+            max_time=max_time, time_clock=time_clock, learning_rate=lr, warmup=warmup, batch_size=batch_size,
             grad_accum=grad_accum, max_length=max_length, eval_steps=eval_steps, patience=patience,
             seed=seed,
             tiny=TinyModelConfig(

@@ -165,3 +165,14 @@ def test_lora_train_and_merge(tmp_path, sample_splits, tiny_model_dir):
     assert info["merged"]
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.slow
+def test_time_budget_stops_training(tmp_path, sample_splits):
+    root, _ = sample_splits
+    cfg = TrainConfig(
+        from_scratch=True, max_steps=1000, max_time=0.5, eval_steps=1000, batch_size=8,
+        max_length=256, tiny=TINY,
+    )
+    manifest = train(root / "train.jsonl", root / "dev.jsonl", tmp_path / "t", cfg)
+    assert 1 <= manifest["steps"] < 1000 and manifest["dev_loss"] is not None

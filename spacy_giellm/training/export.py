@@ -160,8 +160,11 @@ def package_pipeline(
     gguf = Path(gguf).resolve()
     if not gguf.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf}")
+    from ..backends.gguf_check import validate_gguf
+
+    n_ctx = int(validate_gguf(gguf).get("context_length") or 2048)
     nlp = spacy.load(base)
-    backend = backend_config(gguf, max_new_tokens=max_new_tokens)
+    backend = backend_config(gguf, max_new_tokens=max_new_tokens, n_ctx=min(n_ctx, 4096))
     names = []
     for spec in tasks:
         task_name = spec["task"]["name"]

@@ -72,7 +72,13 @@ class TrainConfig:
     lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")
     epochs: float = 3.0
     max_steps: int = -1
-    max_time: float = 0.0  # seconds of training in this run; 0 = no limit
+    # Seconds of training in this run (0: no limit); with a budget the
+    # learning rate follows a cosine over the time, not over the steps.
+    max_time: float = 0.0
+    # "wall": max_time is wall-clock seconds; "cpu": seconds of this
+    # process's CPU time (all threads), a budget other jobs on the machine
+    # do not eat into.
+    time_clock: str = "wall"
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
     warmup: float = 0.03
@@ -184,7 +190,8 @@ def build_scratch_base(
     if t.ginza_vectors:
         from .vectors import init_embeddings_from_vectors
 
-        init_embeddings_from_vectors(tmp, seed=cfg.seed)
+        info = init_embeddings_from_vectors(tmp)
+        print(f"[giellm train] token embeddings from ja_ginza vectors: {info}")
     if base.exists():
         shutil.rmtree(base)
     tmp.rename(base)
@@ -194,23 +201,63 @@ def build_scratch_base(
 # --- callbacks ---------------------------------------------------------------
 
 
-def _time_limit_callback(seconds: float):
+CLOCKS = {"wall": time.monotonic, "cpu": time.process_time}
+
+
+def _clock(name: str):
+    if name not in CLOCKS:
+        raise ValueError(f"time_clock must be one of {sorted(CLOCKS)}, got {name!r}")
+    return CLOCKS[name]
+
+
+def _time_limit_callback(seconds: float, clock=time.monotonic):
     from transformers import TrainerCallback
 
     class TimeLimit(TrainerCallback):
         """Stop (with a final eval + save) after `seconds` of training."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.monotonic()
+            self.start = clock()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if time.monotonic() - self.start >= seconds:
+            if clock() - self.start >= seconds:
                 control.should_training_stop = True
                 control.should_evaluate = args.eval_strategy != "no"
                 control.should_save = True
             return control
 
     return TimeLimit()
+
+
+def _time_budget_trainer(
+    trainer_cls: Any, seconds: float, warmup: float, max_steps: int, clock=time.monotonic
+) -> Any:
+    """A Trainer whose learning rate follows a cosine over the time budget
+    (not over a step count nobody knows in advance), or over `max_steps`
+    where those run out first, after a warmup of `warmup` steps (>= 1) or
+    of that fraction of the budget (< 1)."""
+    import math
+
+    from torch.optim.lr_scheduler import LambdaLR
+
+    class TimeBudgetTrainer(trainer_cls):
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self.lr_scheduler is None:
+                start: List[float] = []
+
+                def factor(step: int) -> float:
+                    if not start:
+                        start.append(clock())
+                    frac = min(1.0, (clock() - start[0]) / seconds)
+                    if max_steps > 0:
+                        frac = max(frac, min(1.0, step / max_steps))
+                    warm = min(1.0, (step + 1) / warmup) if warmup >= 1 else min(1.0, frac / warmup) if warmup > 0 else 1.0
+                    return max(warm, 1e-3) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+                self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
+            return self.lr_scheduler
+
+    return TimeBudgetTrainer
 
 
 # --- saving -----------------------------------------------------------------
@@ -279,6 +326,7 @@ def train(
     t0 = time.time()
     out = Path(output_dir)
     # 1. Everything that can fail cheaply fails before a model is loaded.
+    _clock(cfg.time_clock)
     train_records = read_records(train_path, cfg.tasks or None)
     dev_records = read_records(dev_path, None) if dev_path else []
     if cfg.tasks and dev_records:
@@ -376,9 +424,12 @@ def train(
     callbacks = []
     if has_dev and cfg.patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))
+    trainer_cls = Trainer
     if cfg.max_time > 0:
-        callbacks.append(_time_limit_callback(cfg.max_time))
-    trainer = Trainer(
+        clock = _clock(cfg.time_clock)
+        callbacks.append(_time_limit_callback(cfg.max_time, clock))
+        trainer_cls = _time_budget_trainer(Trainer, cfg.max_time, cfg.warmup, cfg.max_steps, clock)
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=train_data.examples,
@@ -389,9 +440,9 @@ def train(
     )
     if last:
         print(f"[giellm train] resuming from {last}")
-    t_train = time.time()
+    t_train, cpu_train = time.time(), time.process_time()
     result = trainer.train(resume_from_checkpoint=last)
-    train_seconds = time.time() - t_train
+    train_seconds, train_cpu = time.time() - t_train, time.process_time() - cpu_train
     dev_loss = None
     if has_dev:
         dev_loss = trainer.state.best_metric
@@ -423,6 +474,7 @@ def train(
             "train_loss": result.training_loss,
             "dev_loss": dev_loss,
             "train_seconds_this_run": round(train_seconds, 1),
+            "train_cpu_seconds_this_run": round(train_cpu, 1),
             "seconds_total_this_run": round(time.time() - t0, 1),
             "device": "cuda" if cuda else "cpu",
             "world_size": args.world_size,

@@ -1,0 +1,262 @@
+"""Baselines for the stockmark NER measurement, scored like GIELLM
+(`scoring.score_annotations`: (label, string) multisets per sentence).
+
+    python scripts/stockmark_baselines.py ginza TEST.jsonl OUT.json
+    python scripts/stockmark_baselines.py spacy-ner TRAIN.jsonl DEV.jsonl TEST.jsonl OUT.json --seconds 1800
+
+`ginza`: ja_ginza's own NER (ENE labels) mapped to the 8 stockmark types by
+`ENE_TO_STOCKMARK` below; ENE labels not listed (dates, numbers, ...) are
+dropped. `spacy-ner`: a spaCy `ner` component on spacy.blank("ja")
+(SudachiPy tokens), trained on the same sentences for a wall-clock budget,
+the best epoch on dev kept.
+"""
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import typer
+
+from spacy_giellm.annotation import Annotation, Mention
+from spacy_giellm.corpora import read_jsonl
+from spacy_giellm.scoring import score_annotations
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+# ja_ginza 5.x emits 189 ENE (Sekine's Extended Named Entity) labels. Those
+# that correspond to one of stockmark's 8 types, by the stockmark guideline:
+ENE_TO_STOCKMARK: Dict[str, str] = {
+    # 人名
+    "Person": "人名",
+    # 法人名 (companies and other corporations)
+    "Company": "法人名",
+    "Company_Group": "法人名",
+    "Corporation_Other": "法人名",
+    # 政治的組織名
+    "Political_Organization_Other": "政治的組織名",
+    "Political_Party": "政治的組織名",
+    "Government": "政治的組織名",
+    "Cabinet": "政治的組織名",
+    "Military": "政治的組織名",
+    # その他の組織名
+    "Organization_Other": "その他の組織名",
+    "International_Organization": "その他の組織名",
+    "Sports_Organization_Other": "その他の組織名",
+    "Pro_Sports_Organization": "その他の組織名",
+    "Sports_League": "その他の組織名",
+    "Show_Organization": "その他の組織名",
+    # 地名
+    "Province": "地名",
+    "City": "地名",
+    "County": "地名",
+    "Country": "地名",
+    "GPE_Other": "地名",
+    "Location_Other": "地名",
+    "Domestic_Region": "地名",
+    "Continental_Region": "地名",
+    "Region_Other": "地名",
+    "Geological_Region_Other": "地名",
+    "Mountain": "地名",
+    "River": "地名",
+    "Lake": "地名",
+    "Sea": "地名",
+    "Bay": "地名",
+    "Island": "地名",
+    "Water_Route": "地名",
+    "Spa": "地名",
+    # 施設名
+    "Facility_Other": "施設名",
+    "GOE_Other": "施設名",
+    "School": "施設名",
+    "Public_Institution": "施設名",
+    "Research_Institute": "施設名",
+    "Museum": "施設名",
+    "Zoo": "施設名",
+    "Amusement_Park": "施設名",
+    "Worship_Place": "施設名",
+    "Park": "施設名",
+    "Sports_Facility": "施設名",
+    "Theater": "施設名",
+    "Airport": "施設名",
+    "Station": "施設名",
+    "Car_Stop": "施設名",
+    "Port": "施設名",
+    "Railroad": "施設名",
+    "Road": "施設名",
+    "Bridge": "施設名",
+    "Tunnel": "施設名",
+    "Line_Other": "施設名",
+    "Archaeological_Place_Other": "施設名",
+    "Tumulus": "施設名",
+    # 製品名 (products and works)
+    "Product_Other": "製品名",
+    "Car": "製品名",
+    "Train": "製品名",
+    "Aircraft": "製品名",
+    "Ship": "製品名",
+    "Spaceship": "製品名",
+    "Vehicle_Other": "製品名",
+    "Weapon": "製品名",
+    "Drug": "製品名",
+    "Clothing": "製品名",
+    "Book": "製品名",
+    "Magazine": "製品名",
+    "Newspaper": "製品名",
+    "Movie": "製品名",
+    "Music": "製品名",
+    "Show": "製品名",
+    "Broadcast_Program": "製品名",
+    "Art_Other": "製品名",
+    "Printing_Other": "製品名",
+    # イベント名
+    "Event_Other": "イベント名",
+    "Occasion_Other": "イベント名",
+    "Game": "イベント名",
+    "Conference": "イベント名",
+    "Religious_Festival": "イベント名",
+    "War": "イベント名",
+    "Incident_Other": "イベント名",
+    "Natural_Disaster": "イベント名",
+    "Earthquake": "イベント名",
+}
+
+
+def _gold(path: Path) -> List[Annotation]:
+    return list(read_jsonl(path))
+
+
+def _write(out: Path, data: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf8")
+    s = data["scores"]
+    print(
+        f"{data['system']}: WL acc {100 * (s['wl_acc'] or 0):.2f}  P {100 * (s['wl_p'] or 0):.2f}  "
+        f"R {100 * (s['wl_r'] or 0):.2f}  F {100 * (s['wl_f'] or 0):.2f}  ALL {100 * (s['all_acc'] or 0):.2f}  "
+        f"({data['seconds']} s)"
+    )
+
+
+@app.command("ginza")
+def ginza(test_path: Path, out: Path) -> None:
+    """ja_ginza's NER, ENE labels mapped to the stockmark types."""
+    import spacy
+
+    t0 = time.time()
+    nlp = spacy.load("ja_ginza")
+    emitted = set(nlp.get_pipe("ner").labels)
+    unknown = sorted(set(ENE_TO_STOCKMARK) - emitted)
+    if unknown:
+        raise SystemExit(f"mapping names labels ja_ginza does not have: {unknown}")
+    golds = _gold(test_path)
+    pairs, unmapped = [], {}
+    for gold, doc in zip(golds, nlp.pipe([g.text for g in golds], batch_size=64)):
+        ents = []
+        for e in doc.ents:
+            label = ENE_TO_STOCKMARK.get(e.label_)
+            if label is None:
+                unmapped[e.label_] = unmapped.get(e.label_, 0) + 1
+            else:
+                ents.append(Mention(label, e.text))
+        pairs.append((gold, Annotation(text=gold.text, task=gold.task, entities=ents)))
+    _write(out, {
+        "system": "ja_ginza NER (ENE -> stockmark mapping)",
+        "test": str(test_path),
+        "sequences": len(pairs),
+        "seconds": round(time.time() - t0, 1),
+        "mapping": ENE_TO_STOCKMARK,
+        "dropped_ene_labels": dict(sorted(unmapped.items(), key=lambda kv: -kv[1])),
+        "scores": score_annotations(pairs),
+    })
+
+
+def _examples(nlp, golds: List[Annotation]) -> Tuple[list, int]:
+    from spacy.training import Example
+
+    examples, misaligned = [], 0
+    for g in golds:
+        doc = nlp.make_doc(g.text)
+        spans = []
+        for m in g.entities:
+            span = doc.char_span(m.start, m.end, label=m.label) if m.start is not None else None
+            if span is None:
+                misaligned += 1
+                continue
+            spans.append(span)
+        from spacy.util import filter_spans
+
+        ents = [(s.start_char, s.end_char, s.label_) for s in filter_spans(spans)]
+        examples.append(Example.from_dict(doc, {"entities": ents}))
+    return examples, misaligned
+
+
+def _predict(nlp, golds: List[Annotation]) -> List[Tuple[Annotation, Annotation]]:
+    return [
+        (g, Annotation(text=g.text, task=g.task, entities=[Mention(e.label_, e.text) for e in doc.ents]))
+        for g, doc in zip(golds, nlp.pipe([g.text for g in golds], batch_size=128))
+    ]
+
+
+@app.command("spacy-ner")
+def spacy_ner(
+    train_path: Path, dev_path: Path, test_path: Path, out: Path,
+    seconds: float = typer.Option(3600, "--seconds", help="Training budget in seconds of --clock"),
+    clock: str = typer.Option("cpu", "--clock", help="'cpu' (process CPU seconds, all threads) or 'wall'"),
+    patience: int = typer.Option(5, "--patience", help="Stop after this many epochs without a better dev F"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """A spaCy NER (blank ja + tok2vec CNN) trained for a time budget."""
+    import spacy
+    from spacy.util import compounding, fix_random_seed, minibatch
+
+    t0 = time.time()
+    fix_random_seed(seed)
+    nlp = spacy.blank("ja")
+    ner = nlp.add_pipe("ner")
+    train, dev, test = _gold(train_path), _gold(dev_path), _gold(test_path)
+    train_ex, misaligned = _examples(nlp, train)
+    n_gold = sum(len(g.entities) for g in train)
+    for g in train:
+        for m in g.entities:
+            ner.add_label(m.label)
+    optimizer = nlp.initialize(lambda: train_ex)
+    rng = random.Random(seed)
+    best, best_f, epochs, log = None, -1.0, 0, []
+    now = time.process_time if clock == "cpu" else time.monotonic
+    t_train, best_epoch = now(), 0
+    while now() - t_train < seconds and epochs - best_epoch < patience:
+        rng.shuffle(train_ex)
+        losses: Dict[str, float] = {}
+        for batch in minibatch(train_ex, size=compounding(4.0, 32.0, 1.001)):
+            nlp.update(batch, sgd=optimizer, drop=0.2, losses=losses)
+            if now() - t_train >= seconds:
+                break
+        epochs += 1
+        f = score_annotations(_predict(nlp, dev))["wl_f"] or 0.0
+        log.append({"epoch": epochs, "loss": losses.get("ner"), "dev_f": f, "t": round(now() - t_train)})
+        print(log[-1], file=sys.stderr)
+        if f > best_f:
+            best, best_f, best_epoch = nlp.to_bytes(), f, epochs
+    if best is not None:
+        nlp.from_bytes(best)
+    pairs = _predict(nlp, test)
+    _write(out, {
+        "system": "spaCy ner (blank ja, SudachiPy tokens, tok2vec CNN), best epoch on dev",
+        "test": str(test_path),
+        "sequences": len(pairs),
+        "train_sentences": len(train),
+        "train_entities_not_on_token_boundaries": f"{misaligned} of {n_gold}",
+        "budget_seconds": seconds,
+        "budget_clock": clock,
+        "cpu_seconds_training": round(now() - t_train, 1) if clock == "cpu" else None,
+        "epochs": epochs,
+        "best_epoch": best_epoch,
+        "epoch_log": log,
+        "seconds": round(time.time() - t0, 1),
+        "scores": score_annotations(pairs),
+    })
+
+
+if __name__ == "__main__":
+    app()
