@@ -183,6 +183,13 @@ class GiellmComponent(Pipe):
         self.max_chars = max_chars
         self.scorer = scorer
         self.stats: Counter = Counter()
+        self._bind_backend()
+
+    def _bind_backend(self) -> None:
+        """Tell a backend that can use it (constrained decoding) which task it serves."""
+        bind = getattr(self.backend, "bind_task", None)
+        if callable(bind):
+            bind(self.task, self.instruction)
 
     @property
     def labels(self) -> Tuple[str, ...]:
@@ -379,6 +386,7 @@ class GiellmComponent(Pipe):
         task_file = ensure_path(path) / "task.json"
         if task_file.exists():
             self.task = Task.from_dict(json.loads(task_file.read_text(encoding="utf8")), source=str(task_file))
+            self._bind_backend()
         return self
 
     def to_bytes(self, *, exclude: Sequence[str] = ()) -> bytes:
@@ -386,6 +394,7 @@ class GiellmComponent(Pipe):
 
     def from_bytes(self, data: bytes, *, exclude: Sequence[str] = ()) -> "GiellmComponent":
         self.task = Task.from_dict(json.loads(data.decode("utf8")))
+        self._bind_backend()
         return self
 
 
