@@ -7,6 +7,11 @@ Tokenization rule shared with training: the prompt is tokenized with the
 tokenizer's default special tokens (BOS for Llama tokenizers); the output is
 whatever the model generates after it, up to EOS. Training tokenizes the
 output without special tokens and appends EOS, so the two agree.
+
+`constrained = true` masks, at every step, the tokens that would leave the
+task's output format for that prompt's text (`constraints.HFConstraintProcessor`);
+the task comes from the giellm component (`bind_task`) or the `task` setting.
+`label_scores` gives real text-label probabilities from the model.
 """
 from __future__ import annotations
 
@@ -85,6 +90,8 @@ class HFBackend:
         max_new_tokens: int = 256,
         trust_remote_code: bool = False,
         use_safetensors_only: bool = True,
+        constrained: bool = False,
+        task: Optional[Any] = None,
     ) -> None:
         if not model:
             raise ValueError("giellm.HF.v1: 'model' must be a Hub id or a local path")
@@ -105,6 +112,13 @@ class HFBackend:
         self._model: Any = None
         self._device: Optional[str] = None
         self._eos_ids: List[int] = []
+        self.constrained = constrained
+        self.task: Any = None
+        self.instruction: Optional[str] = None
+        self._vocab: Any = None
+        self._constrainer: Any = None
+        if task is not None:
+            self.bind_task(task)
 
     def __repr__(self) -> str:
         state = "loaded" if self.is_loaded else "not loaded"
@@ -304,8 +318,18 @@ class HFBackend:
             chunk = prompts[start : start + self.batch_size]
             enc = tok(chunk, return_tensors="pt", padding=True)
             enc = {k: v.to(self._device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            kwargs: Dict[str, Any] = {}
+            if self.constrained:
+                from transformers import LogitsProcessorList
+
+                from ..constraints import HFConstraintProcessor
+
+                constrainer = self._prompt_constrainer()
+                kwargs["logits_processor"] = LogitsProcessorList(
+                    [HFConstraintProcessor([constrainer(p) for p in chunk])]
+                )
             with torch.inference_mode():
-                out = model.generate(**enc, generation_config=gen_config)
+                out = model.generate(**enc, generation_config=gen_config, **kwargs)
             new = out[:, enc["input_ids"].shape[1] :].tolist()
             for row in new:
                 ids: List[int] = []
@@ -320,6 +344,105 @@ class HFBackend:
         """Greedy continuation of each prompt: only the new text, special tokens removed."""
         return [self.decode(ids) for ids in self.generate_ids(prompts)]
 
+    # ------------------------------------------------------ task and labels
+
+    def bind_task(self, task: Any, instruction: Optional[str] = None) -> None:
+        """The task whose format constrained decoding keeps to (the component calls this)."""
+        from ..tasks import get_task
+
+        self.task = get_task(task)
+        self.instruction = instruction
+        self._constrainer = None
+
+    def _candidate_ids(self, candidate: str) -> List[int]:
+        """A candidate's own tokens, as training appends an output: no special tokens."""
+        return list(self.tokenizer(candidate, add_special_tokens=False)["input_ids"])
+
+    def _prompt_constrainer(self):
+        if self._constrainer is None:
+            if self.task is None:
+                raise ValueError(
+                    "giellm.HF.v1: constrained=true needs a task: set 'task', or use the backend in a giellm component"
+                )
+            from ..constraints import PromptConstrainer, TokenVocab
+
+            if self._vocab is None:
+                self._vocab = TokenVocab.from_hf(self.tokenizer, eos_ids=self._eos_ids)
+            labels = [self._candidate_ids(f"<{label}>") for label in self.task.text_labels]
+            self._constrainer = PromptConstrainer(self.task, self._vocab, labels)
+        return self._constrainer
+
+    def label_scores(self, prompts: Sequence[str], candidates: Sequence[str]) -> List[Dict[str, float]]:
+        """P(candidate | prompt) for each prompt, normalized over `candidates`:
+        the softmax of each candidate's summed token log-probabilities.
+
+        One forward pass over a batch of prompts gives every candidate's first
+        token; candidates of several tokens then continue the prompts' KV
+        cache, all of them in one more forward pass (the cache is repeated per
+        candidate, the prompt is not recomputed)."""
+        import torch
+
+        prompts, candidates = list(prompts), list(candidates)
+        if not prompts:
+            return []
+        if not candidates:
+            return [{} for _ in prompts]
+        self.load()
+        cand_ids = [self._candidate_ids(c) for c in candidates]
+        for c, ids in zip(candidates, cand_ids):
+            if not ids:
+                raise ValueError(f"giellm.HF.v1: candidate {c!r} has no tokens")
+        results: List[Dict[str, float]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            logp = self._candidate_logprobs(prompts[start : start + self.batch_size], cand_ids)
+            for row in torch.softmax(logp, dim=-1).tolist():
+                results.append(dict(zip(candidates, row)))
+        return results
+
+    def _candidate_logprobs(self, chunk: List[str], cand_ids: List[List[int]]):
+        """[prompt, candidate] summed log-probabilities (float32)."""
+        import torch
+
+        tok, model, device = self._tokenizer, self._model, self._device
+        enc = tok(chunk, return_tensors="pt", padding=True)
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        # the positions generate() gives left-padded rows
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        multi = [c for c, t in enumerate(cand_ids) if len(t) > 1]
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(multi))
+            first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+            scores = first[:, [t[0] for t in cand_ids]].clone()
+            if not multi:
+                return scores
+            n_rep, width = len(multi), max(len(cand_ids[c]) for c in multi) - 1
+            rows = len(chunk) * n_rep
+            inputs = torch.full((rows, width), tok.pad_token_id, dtype=torch.long)
+            targets = torch.zeros((rows, width), dtype=torch.long)
+            valid = torch.zeros((rows, width), dtype=mask.dtype)
+            for j, c in enumerate(multi):
+                t = cand_ids[c]
+                inputs[j::n_rep, : len(t) - 1] = torch.tensor(t[:-1])
+                targets[j::n_rep, : len(t) - 1] = torch.tensor(t[1:])
+                valid[j::n_rep, : len(t) - 1] = 1
+            inputs, targets, valid = inputs.to(device), targets.to(device), valid.to(device)
+            # transformers 5 calls the KV cache `cache`, 4.x `past_key_values`
+            cache_key = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
+            cache = getattr(out, cache_key)
+            cache.batch_repeat_interleave(n_rep)
+            out2 = model(
+                input_ids=inputs,
+                attention_mask=torch.cat([mask.repeat_interleave(n_rep, 0), valid], dim=1),
+                position_ids=pos[:, -1:].repeat_interleave(n_rep, 0) + 1 + torch.arange(width, device=device),
+                use_cache=False,
+                **{cache_key: cache},
+            )
+            logits = out2.logits.float()
+            picked = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
+            extra = (picked * valid).sum(-1).view(len(chunk), n_rep)
+            scores[:, multi] += extra
+        return scores
+
 
 @giellm_backends.register("giellm.HF.v1")
 def make_hf_backend(
@@ -332,6 +455,8 @@ def make_hf_backend(
     max_new_tokens: int = 256,
     trust_remote_code: bool = False,
     use_safetensors_only: bool = True,
+    constrained: bool = False,
+    task: Optional[Any] = None,
 ) -> HFBackend:
     """A lazily loaded transformers backend; see `HFBackend`."""
     return HFBackend(
@@ -344,4 +469,6 @@ def make_hf_backend(
         max_new_tokens=max_new_tokens,
         trust_remote_code=trust_remote_code,
         use_safetensors_only=use_safetensors_only,
+        constrained=constrained,
+        task=task,
     )
