@@ -514,6 +514,7 @@ class TokenAutomaton:
                     self._trie.append({})
         self._cache: Dict[TokenState, Tuple[List[int], Dict[int, TokenState]]] = {}
         self.tensors: Dict[TokenState, Any] = {}  # per-state id tensors for the HF processor
+        self._arrays: Dict[TokenState, Any] = {}
 
     def start(self) -> TokenState:
         return (self.automaton.start, 0 if self._trie[0] else -1)
@@ -523,6 +524,15 @@ class TokenAutomaton:
         found = self._cache.get(state)
         if found is None:
             found = self._cache[state] = self._compute(state)
+        return found
+
+    def allowed_array(self, state: TokenState):
+        """The allowed ids as a numpy array (cached)."""
+        found = self._arrays.get(state)
+        if found is None:
+            import numpy as np
+
+            found = self._arrays[state] = np.asarray(self.allowed(state)[0], dtype=np.int64)
         return found
 
     def advance(self, state: TokenState, token: int) -> Optional[TokenState]:

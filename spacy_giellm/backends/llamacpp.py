@@ -10,6 +10,14 @@ logits is taken until an end-of-generation token or `max_new_tokens`. No
 llama.cpp sampler is involved, so results match transformers' greedy
 `generate` on the same weights (up to float rounding).
 
+Generation and label scoring run in the backend's own llama.cpp context
+(`llamacpp_batch.SequenceBatcher`): up to `n_parallel` prompts decode together
+as separate sequences of one batch, in a KV cache of `n_ctx` cells shared by
+all of them (a prompt is admitted while prompt + max_new_tokens fits). The
+`Llama` object's own context is only used for tokenizing, so it is kept small.
+With `constrained = true` the argmax is taken over the tokens that keep to
+the task's output format for that prompt's text (`constraints`).
+
 The prompt is tokenized like transformers does it: BOS added if the GGUF says
 so (`tokenizer.ggml.add_bos_token`, copied from the HF tokenizer by the
 converter), and special-token text such as "</s>" in the prompt parsed as the
@@ -82,6 +90,9 @@ class LlamaCppBackend:
         max_new_tokens: int = 256,
         seed: int = 0,
         verbose: bool = False,
+        n_parallel: int = 1,
+        constrained: bool = False,
+        task: Optional[Any] = None,
     ) -> None:
         if not model_path:
             raise ValueError("giellm.LlamaCpp.v1: 'model_path' must be the path of a .gguf file")
@@ -89,6 +100,8 @@ class LlamaCppBackend:
             raise ValueError(f"giellm.LlamaCpp.v1: max_new_tokens must be >= 1, got {max_new_tokens}")
         if n_ctx < 1:
             raise ValueError(f"giellm.LlamaCpp.v1: n_ctx must be >= 1, got {n_ctx}")
+        if n_parallel < 1:
+            raise ValueError(f"giellm.LlamaCpp.v1: n_parallel must be >= 1, got {n_parallel}")
         self.model_path = str(model_path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -103,6 +116,15 @@ class LlamaCppBackend:
         self._skip: Set[int] = set()
         self._byte: Set[int] = set()
         self._strip_leading_space = False
+        self.n_parallel = n_parallel
+        self.constrained = constrained
+        self.task: Any = None
+        self.instruction: Optional[str] = None
+        self._engine_: Any = None
+        self._vocab: Any = None
+        self._constrainer: Any = None
+        if task is not None:
+            self.bind_task(task)
 
     def __repr__(self) -> str:
         state = "loaded" if self.is_loaded else "not loaded"
@@ -140,8 +162,8 @@ class LlamaCppBackend:
         try:
             llm = llama_cpp.Llama(
                 model_path=str(path),
-                n_ctx=self.n_ctx,
-                n_batch=min(512, self.n_ctx),
+                n_ctx=min(self.n_ctx, 256),  # tokenizing only: decoding has its own context
+                n_batch=min(512, self.n_ctx, 256),
                 n_threads=n_threads,
                 n_threads_batch=n_threads,
                 n_gpu_layers=self.n_gpu_layers,
@@ -184,7 +206,10 @@ class LlamaCppBackend:
         return self
 
     def close(self) -> None:
-        """Free the llama.cpp model and context."""
+        """Free the llama.cpp model and contexts."""
+        if self._engine_ is not None:
+            self._engine_.close()
+            self._engine_ = None
         if self._llm is not None:
             self._llm.close()
             self._llm = None
@@ -252,13 +277,36 @@ class LlamaCppBackend:
 
     # --------------------------------------------------------------- generation
 
-    def _argmax_last(self):
-        import llama_cpp
+    def _engine(self, n_seq: int):
+        """The decoding context, with room for at least `n_seq` sequences."""
+        from .llamacpp_batch import SequenceBatcher
+
+        self.load()
+        if self._engine_ is None or self._engine_.n_seq < n_seq:
+            if self._engine_ is not None:
+                self._engine_.close()
+            n_threads = self.n_threads if self.n_threads else physical_cores()
+            self._engine_ = SequenceBatcher(self._llm, n_ctx=self.n_ctx, n_seq=n_seq, n_threads=n_threads)
+        return self._engine_
+
+    def _picker(self, prompts: Sequence[str]):
+        """pick(k, logits) -> the greedy next token of prompt k."""
         import numpy as np
 
-        ptr = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
-        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
-        return int(np.argmax(logits))
+        if not self.constrained:
+            return lambda k, logits: int(np.argmax(logits))
+        constrainer = self._prompt_constrainer()
+        automata = [constrainer(p) for p in prompts]
+        states = [a.start() for a in automata]
+
+        def pick(k: int, logits) -> int:
+            automaton, state = automata[k], states[k]
+            allowed = automaton.allowed_array(state)
+            token = int(allowed[int(np.argmax(logits[allowed]))])
+            states[k] = automaton.advance(state, token)
+            return token
+
+        return pick
 
     def generate_ids(self, prompts: Sequence[str]) -> List[List[int]]:
         """Greedy new-token ids per prompt, without the prompt and without the final EOS."""
@@ -266,34 +314,75 @@ class LlamaCppBackend:
         if not prompts:
             return []
         self.load()
-        llm = self._llm
-        results: List[List[int]] = []
+        tokens = []
         for prompt in prompts:
-            tokens = self.encode_prompt(prompt)
-            if not tokens:
+            ids = self.encode_prompt(prompt)
+            if not ids:
                 raise ValueError("giellm.LlamaCpp.v1: empty prompt and no BOS token to start from")
-            budget = self.n_ctx - len(tokens)
-            if budget < 1:
+            if len(ids) >= self.n_ctx:
                 raise ValueError(
-                    f"giellm.LlamaCpp.v1: prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}"
+                    f"giellm.LlamaCpp.v1: prompt of {len(ids)} tokens does not fit n_ctx={self.n_ctx}"
                 )
-            llm.reset()
-            llm.eval(tokens)
-            new: List[int] = []
-            for _ in range(min(self.max_new_tokens, budget)):
-                t = self._argmax_last()
-                if t in self._eog:
-                    break
-                new.append(t)
-                if len(new) == self.max_new_tokens or len(tokens) + len(new) >= self.n_ctx:
-                    break
-                llm.eval([t])
-            results.append(new)
-        return results
+            tokens.append(ids)
+        engine = self._engine(self.n_parallel)
+        return engine.generate(tokens, self.max_new_tokens, self._eog.__contains__, self._picker(prompts),
+                               parallel=self.n_parallel)
 
     def generate(self, prompts: List[str]) -> List[str]:
         """Greedy continuation of each prompt: only the new text, special tokens removed."""
         return [self.decode(ids) for ids in self.generate_ids(prompts)]
+
+    # ------------------------------------------------------ task and labels
+
+    def bind_task(self, task: Any, instruction: Optional[str] = None) -> None:
+        """The task whose format constrained decoding keeps to (the component calls this)."""
+        from ..tasks import get_task
+
+        self.task = get_task(task)
+        self.instruction = instruction
+        self._constrainer = None
+
+    def _candidate_ids(self, candidate: str) -> List[int]:
+        """A candidate's own tokens, as training appends an output: no BOS."""
+        return self.llama.tokenize(candidate.encode("utf-8"), add_bos=False, special=True)
+
+    def _prompt_constrainer(self):
+        if self._constrainer is None:
+            if self.task is None:
+                raise ValueError(
+                    "giellm.LlamaCpp.v1: constrained=true needs a task: set 'task', or use the backend in a giellm component"
+                )
+            from ..constraints import PromptConstrainer, TokenVocab
+
+            self.load()
+            if self._vocab is None:
+                pieces = [None if t in self._skip else self._piece(t) for t in range(self._n_vocab)]
+                self._vocab = TokenVocab(pieces, self._eog)
+            labels = [self._candidate_ids(f"<{label}>") for label in self.task.text_labels]
+            self._constrainer = PromptConstrainer(self.task, self._vocab, labels)
+        return self._constrainer
+
+    def label_scores(self, prompts: Sequence[str], candidates: Sequence[str]) -> List[Dict[str, float]]:
+        """P(candidate | prompt) for each prompt, normalized over `candidates`:
+        the softmax of each candidate's summed token log-probabilities. The
+        prompt is decoded once; each candidate continues a copy of its KV
+        cells (`llama_memory_seq_cp`), all candidates in one batch."""
+        import numpy as np
+
+        prompts, candidates = list(prompts), list(candidates)
+        if not prompts:
+            return []
+        if not candidates:
+            return [{} for _ in prompts]
+        cand_ids = [self._candidate_ids(c) for c in candidates]
+        for c, ids in zip(candidates, cand_ids):
+            if not ids:
+                raise ValueError(f"giellm.LlamaCpp.v1: candidate {c!r} has no tokens")
+        engine = self._engine(len(candidates) + 1)
+        logp = np.asarray(engine.score([self.encode_prompt(p) for p in prompts], cand_ids), dtype=np.float64)
+        probs = np.exp(logp - logp.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        return [dict(zip(candidates, row.tolist())) for row in probs]
 
 
 @giellm_backends.register("giellm.LlamaCpp.v1")
@@ -305,6 +394,9 @@ def make_llamacpp_backend(
     max_new_tokens: int = 256,
     seed: int = 0,
     verbose: bool = False,
+    n_parallel: int = 1,
+    constrained: bool = False,
+    task: Optional[Any] = None,
 ) -> LlamaCppBackend:
     """A lazily loaded llama.cpp backend; see `LlamaCppBackend`."""
     return LlamaCppBackend(
@@ -315,4 +407,7 @@ def make_llamacpp_backend(
         max_new_tokens=max_new_tokens,
         seed=seed,
         verbose=verbose,
+        n_parallel=n_parallel,
+        constrained=constrained,
+        task=task,
     )
