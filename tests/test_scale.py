@@ -1,0 +1,180 @@
+"""Label scores, constrained decoding in both in-process backends, and
+llama.cpp multi-sequence batching, on the tiny model."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from spacy_giellm.constraints import FormatAutomaton
+from spacy_giellm.format import build_input, parse_output
+from spacy_giellm.tasks import get_task
+
+pytestmark = pytest.mark.slow
+
+TASK = get_task("scnm")
+CANDIDATES = [f"<{label}>" for label in TASK.text_labels]
+_LINES = (Path(__file__).parent / "data" / "tiny_texts.txt").read_text(encoding="utf-8").splitlines()
+TEXTS = [line for line in _LINES if line.strip() and "<" not in line][:7] + ["猫"]
+PROMPTS = [build_input(t, TASK) for t in TEXTS]
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model_dir):
+    from spacy_giellm.backends.hf import make_hf_backend
+
+    return make_hf_backend(model=str(tiny_model_dir), device="cpu", batch_size=3, max_new_tokens=20, task="scnm").load()
+
+
+@pytest.fixture(scope="module")
+def gguf(tiny_gguf):
+    from spacy_giellm.backends.llamacpp import make_llamacpp_backend
+
+    backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=512, max_new_tokens=20, n_threads=1,
+                                    n_parallel=4, task="scnm").load()
+    yield backend
+    backend.close()
+
+
+@pytest.fixture()
+def constrained(hf, gguf):
+    hf.constrained = gguf.constrained = True
+    yield
+    hf.constrained = gguf.constrained = False
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    import spacy
+
+    return spacy.blank("ja")
+
+
+def _brute_force(backend, prompt, candidates):
+    """Softmax of summed log-probs, one full forward per candidate."""
+    import torch
+
+    tok, model = backend.tokenizer, backend.model
+    pid = tok(prompt)["input_ids"]
+    sums = []
+    for cand in candidates:
+        cid = tok(cand, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([pid + cid])).logits[0].float(), -1)
+        sums.append(sum(float(logp[len(pid) - 1 + k, t]) for k, t in enumerate(cid)))
+    top = max(sums)
+    exps = [math.exp(s - top) for s in sums]
+    return [e / sum(exps) for e in exps]
+
+
+def test_hf_label_scores_match_one_forward_per_candidate(hf):
+    # single- and multi-token candidates, of different lengths
+    candidates = CANDIDATES[:2] + ["<positive>", "<自然科学>", "人名"]
+    assert len(hf.tokenizer("<自然科学>", add_special_tokens=False)["input_ids"]) > 2
+    scores = hf.label_scores(PROMPTS[:5], candidates)
+    assert len(scores) == 5
+    for prompt, row in zip(PROMPTS, scores):
+        assert list(row) == candidates
+        assert sum(row.values()) == pytest.approx(1.0, abs=1e-5)
+        assert list(row.values()) == pytest.approx(_brute_force(hf, prompt, candidates), abs=1e-4)
+    assert hf.label_scores([], candidates) == [] and hf.label_scores(PROMPTS[:1], []) == [{}]
+
+
+def test_gguf_label_scores_match_hf(hf, gguf):
+    candidates = CANDIDATES + ["<positive>", "人名"]
+    for a, b in zip(hf.label_scores(PROMPTS, candidates), gguf.label_scores(PROMPTS, candidates)):
+        assert sum(b.values()) == pytest.approx(1.0, abs=1e-6)
+        assert list(b.values()) == pytest.approx(list(a.values()), abs=2e-3)
+
+
+def test_unconstrained_label_is_the_argmax_when_one_is_generated(hf, gguf):
+    for backend in (hf, gguf):
+        outputs = backend.generate(PROMPTS)
+        scores = backend.label_scores(PROMPTS, CANDIDATES)
+        for out, row in zip(outputs, scores):
+            started = [c for c in CANDIDATES if out.startswith(c)]
+            if started:  # single-token labels: greedy picked the best of them
+                assert started[0] == max(row, key=row.get)
+
+
+def test_constrained_outputs_keep_to_the_format(hf, gguf, constrained):
+    for backend in (hf, gguf):
+        for text, out in zip(TEXTS, backend.generate(PROMPTS)):
+            auto = FormatAutomaton(TASK, text)
+            # well-formed, or a prefix cut by max_new_tokens (maybe inside a character)
+            state = auto.feed(auto.start, out.rstrip("\ufffd").encode())
+            assert state >= 0, out
+            if not out.endswith("\ufffd") and auto.accepting(state):
+                parsed = parse_output(out, TASK, text=text)
+                assert parsed.ok and all(m.text in text for m in parsed.annotation.entities), out
+
+
+def test_constrained_label_is_the_argmax_and_backends_agree(hf, gguf, constrained):
+    hf_ids, gg_ids = hf.generate_ids(PROMPTS), gguf.generate_ids(PROMPTS)
+    assert sum(a == b for a, b in zip(hf_ids, gg_ids)) >= len(PROMPTS) - 1
+    for backend in (hf, gguf):
+        outputs = backend.generate(PROMPTS)
+        for out, row in zip(outputs, backend.label_scores(PROMPTS, CANDIDATES)):
+            assert out.startswith(max(row, key=row.get)), (out, row)
+
+
+def test_component_cats_are_label_probabilities(tiny_model_dir, nlp):
+    import spacy
+
+    pipe = spacy.blank("ja")
+    pipe.add_pipe("giellm", config={
+        "task": "scnm",
+        "batch_size": 3,
+        "store_output": True,
+        "backend": {"@giellm_backends": "giellm.HF.v1", "model": str(tiny_model_dir), "device": "cpu",
+                    "max_new_tokens": 12, "constrained": True},
+    })
+    backend = pipe.get_pipe("giellm").backend
+    assert backend.task is not None and backend.task.name == "scnm"  # bound by the component
+    for doc in pipe.pipe(TEXTS):
+        assert set(doc.cats) == set(TASK.text_labels)
+        assert sum(doc.cats.values()) == pytest.approx(1.0, abs=1e-5)
+        output = doc._.giellm_output["outputs"][0]
+        assert output.startswith(f"<{max(doc.cats, key=doc.cats.get)}>")
+
+
+def test_parallel_sequences_give_the_one_at_a_time_outputs(tiny_gguf):
+    from spacy_giellm.backends.llamacpp import make_llamacpp_backend
+
+    # n_ctx 96: two or three prompts at a time, freed cells reused for the next
+    backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=96, max_new_tokens=16, n_threads=1,
+                                    task="scnm").load()
+    try:
+        prompts = PROMPTS * 2
+        for constrained_ in (False, True):
+            backend.constrained = constrained_
+            backend.n_parallel = 1
+            single = backend.generate_ids(prompts)
+            singles_alone = [backend.generate_ids([p])[0] for p in prompts[:4]]
+            assert singles_alone == single[:4]
+            for n in (3, 8):
+                backend.n_parallel = n
+                assert backend.generate_ids(prompts) == single
+    finally:
+        backend.close()
+
+
+def test_prompt_too_long_for_the_context(tiny_gguf):
+    from spacy_giellm.backends.llamacpp import make_llamacpp_backend
+
+    backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=16, max_new_tokens=4, n_threads=1, n_parallel=2)
+    try:
+        with pytest.raises(ValueError, match="does not fit"):
+            backend.generate([PROMPTS[1] * 5])
+        assert len(backend.generate(["猫", "犬"])) == 2  # short prompts still run
+    finally:
+        backend.close()
+
+
+def test_constrained_needs_a_task(tiny_model_dir):
+    from spacy_giellm.backends.hf import make_hf_backend
+
+    backend = make_hf_backend(model=str(tiny_model_dir), device="cpu", max_new_tokens=2, constrained=True)
+    with pytest.raises(ValueError, match="needs a task"):
+        backend.generate(PROMPTS[:1])
