@@ -1,0 +1,59 @@
+"""The bench runs and reports every figure (timings are not checked)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spacy_giellm.bench import FIELDS, BenchConfig, _shared_tokens, format_table, load_texts, run_bench
+
+pytestmark = pytest.mark.slow
+
+
+def test_load_texts(tmp_path):
+    records = load_texts(None, 5)
+    assert len(records) == 5 and all(r["text"] for r in records)
+    assert "entities" in records[0]
+    txt = tmp_path / "t.txt"
+    txt.write_text("一つ目\n\n二つ目\n", encoding="utf-8")
+    assert [r["text"] for r in load_texts(str(txt), 3)] == ["一つ目", "二つ目", "一つ目"]
+    with pytest.raises(FileNotFoundError):
+        load_texts(str(tmp_path / "none.json"))
+
+
+def test_shared_tokens():
+    assert _shared_tokens([[1, 2, 3], [1, 2, 4], [5]]) == pytest.approx((2 + 2 + 0) / 3)
+    assert _shared_tokens([[1]]) == 0.0
+
+
+def test_bench_reports_all_fields(tiny_model_dir, tiny_gguf, tmp_path):
+    cfg = BenchConfig(model=str(tiny_model_dir), gguf=str(tiny_gguf), n=4, batch_size=2, max_new_tokens=4, repeat=1)
+    results = run_bench(cfg)
+    assert set(results["backends"]) == {"hf", "gguf"}
+    for kind, figures in results["backends"].items():
+        for key, _ in FIELDS:
+            assert key in figures, (kind, key)
+        for key in ("component_docs_per_s", "backend_docs_per_s", "outside_model_ms_per_doc", "peak_rss_mb",
+                    "batch_speedup", "constrained_speed_ratio", "prompt_tokens_per_s",
+                    "malformed_rate_unconstrained", "malformed_rate_constrained"):
+            assert isinstance(figures[key], float) and figures[key] >= 0, (kind, key)
+        assert figures["malformed_rate_constrained"] <= 1.0
+    table = format_table(results)
+    assert "component_efficiency" in table and "machine:" in table
+    json.dumps(results)
+
+
+def test_bench_command_builds_the_tiny_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from spacy_giellm.cli import app
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--n", "2", "--batch-size", "2", "--max-new-tokens", "2",
+                                      "--repeat", "1", "--backend", "gguf", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert list(data["backends"]) == ["gguf"]
+    assert "component_efficiency" in result.output
+    bad = CliRunner().invoke(app, ["bench", "--backend", "tpu"])
+    assert bad.exit_code == 1 and "unknown --backend" in bad.output
