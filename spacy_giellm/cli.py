@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 
 # Modules whose import registers more commands on `app`.
-COMMAND_MODULES: List[str] = ["spacy_giellm.commands_train"]
+COMMAND_MODULES: List[str] = ["spacy_giellm.commands_train", "spacy_giellm.commands_bench"]
 
 # Input files larger than this get a progress bar.
 PROGRESS_BYTES = 1_000_000
