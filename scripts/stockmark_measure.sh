@@ -2,14 +2,16 @@
 # The README's stockmark measurement: GIELLM (tiny Llama from scratch, CPU)
 # next to ja_ginza's NER and a spaCy `ner`, on one fixed held-out 10%.
 #   scripts/stockmark_measure.sh [ner.json] [out dir] [CPU seconds of training]
-# The budget is process CPU time (all threads), so that other jobs on a
-# shared machine do not shrink it: 3600 CPU s = 30 minutes of 2 cores.
+# The budget is process CPU time with ONE thread per process (THREADS), so
+# that other jobs on a shared machine neither shrink it nor inflate it with
+# spin-waiting threads: 3600 CPU s = the compute of 30 minutes of 2 cores.
 # Needs no network.
 set -euo pipefail
 NER_JSON=${1:-../shared/data/stockmark-ner/ner.json}
 OUT=${2:-metrics/stockmark}
 BUDGET=${3:-3600}
 PY=${PYTHON:-python}
+export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1} OPENBLAS_NUM_THREADS=${THREADS:-1}
 mkdir -p "$OUT"
 # 1. Data: convert, then a seeded split: 10% test, 5% dev, the rest train.
 $PY -m spacy_giellm convert stockmark-ner "$NER_JSON" "$OUT/data/ner.jsonl"

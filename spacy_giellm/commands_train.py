@@ -44,7 +44,7 @@ def train_cli(
     grad_accum: int = typer.Option(1, "--grad-accum"),
     max_length: int = typer.Option(512, "--max-length", help="Longer sequences are skipped and counted"),
     eval_steps: int = typer.Option(50, "--eval-steps", help="Evaluate and checkpoint every N steps"),
-    patience: int = typer.Option(3, "--patience", help="Early stopping patience in evaluations (0: off)"),
+    patience: int = typer.Option(3, "--patience", help="Early stopping patience in evaluations (0: off, and the last model is kept instead of the best)"),
     seed: int = typer.Option(0, "--seed"),
     vocab_size: int = typer.Option(3000, "--vocab-size", help="from-scratch: tokenizer size"),
     hidden_size: int = typer.Option(256, "--hidden-size", help="from-scratch"),

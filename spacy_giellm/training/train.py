@@ -87,7 +87,7 @@ class TrainConfig:
     grad_accum: int = 1
     max_length: int = 512
     eval_steps: int = 50
-    patience: int = 3
+    patience: int = 3  # evaluations without a better dev loss; 0: off, keep the last model
     save_total_limit: int = 2
     seed: int = 0
     logging_steps: int = 10
@@ -407,7 +407,8 @@ def train(
         save_strategy="steps",
         save_steps=cfg.eval_steps,
         save_total_limit=cfg.save_total_limit,
-        load_best_model_at_end=has_dev,
+        # patience 0: no early stopping, and the last model is the result.
+        load_best_model_at_end=has_dev and cfg.patience > 0,
         metric_for_best_model="eval_loss" if has_dev else None,
         greater_is_better=False if has_dev else None,
         logging_steps=cfg.logging_steps,
@@ -445,7 +446,8 @@ def train(
     train_seconds, train_cpu = time.time() - t_train, time.process_time() - cpu_train
     dev_loss = None
     if has_dev:
-        dev_loss = trainer.state.best_metric
+        evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+        dev_loss = trainer.state.best_metric if args.load_best_model_at_end else (evals[-1] if evals else None)
         if dev_loss is None:
             dev_loss = trainer.evaluate()["eval_loss"]
 
