@@ -18,24 +18,26 @@ The language is written once (`output_language`) and compiled two ways:
   suffix automaton of the text written as rules (one rule per state, at most
   2n states and 3n transitions for n characters), so the grammar grows
   linearly with the text, not with the number of substrings.
-* `FormatAutomaton`: a byte-level DFA (lazy subset construction of a small
-  NFA holding one suffix-automaton copy per span field), walked at token
+* `FormatAutomaton`: a byte-level DFA, built lazily by subset construction
+  over the task's NFA (cached per task) whose span fields step through the
+  text's span automaton byte by byte; walked at token
   level by `TokenAutomaton` against a byte trie of the vocabulary built once
   per tokenizer. The allowed tokens of a state are cached, so a state costs
   one trie walk however many sequences reach it. `HFConstraintProcessor` is
   the transformers `LogitsProcessor` on top (one state per row); the
   llama.cpp backend uses `TokenAutomaton` directly.
 
-The text label is decoded in token space: only the candidate's own
-tokenization (the one `label_scores` scores, and the one training used) is
-allowed, not e.g. "<" followed by the label's characters. With single-token
-labels, the generated label is then the argmax of `label_scores`.
+The text label is decoded in token space: only the label's own tokenization
+(the one training used) is allowed, not e.g. "<" followed by the label's
+characters. With single-token labels, the generated label is then the argmax
+of `label_scores`.
 """
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .format import build_input
@@ -247,9 +249,14 @@ _CONT = range(0x80, 0xC0)
 
 
 class _NFA:
+    """The task's part of the automaton: everything but the spans, which are
+    placeholders (`spans`: entry state -> exit state) walked lazily on the
+    text's span automaton. Built once per (task, instruction)."""
+
     def __init__(self) -> None:
         self.edges: List[Dict[int, List[int]]] = []
         self.eps: List[List[int]] = []
+        self.spans: Dict[int, int] = {}
 
     def new(self) -> int:
         self.edges.append({})
@@ -274,12 +281,12 @@ class _NFA:
                 a = b
         return a
 
-    def compile(self, node: Any, start: int, sam: Tuple[List[Dict[str, int]], List[bool]]) -> int:
+    def compile(self, node: Any, start: int) -> int:
         if isinstance(node, Lit):
             return self.bytes_from(start, node.text.encode("utf-8"))
         if isinstance(node, Seq):
             for item in node.items:
-                start = self.compile(item, start, sam)
+                start = self.compile(item, start)
             return start
         if isinstance(node, Alt):
             end = self.new()
@@ -290,33 +297,21 @@ class _NFA:
                 else:
                     branch = self.new()
                     self.eps[start].append(branch)
-                    self.eps[self.compile(item, branch, sam)].append(end)
+                    self.eps[self.compile(item, branch)].append(end)
             return end
         if isinstance(node, Star):
             loop = self.new()
             self.eps[start].append(loop)
-            self.eps[self.compile(node.item, loop, sam)].append(loop)
+            self.eps[self.compile(node.item, loop)].append(loop)
             return loop
         if isinstance(node, Span):
-            return self._span(start, sam)
+            entry, end = self.new(), self.new()
+            self.eps[start].append(entry)
+            self.spans[entry] = end
+            return end
         if isinstance(node, FreeLabel):
             return self._free_label(start)
         raise TypeError(f"unknown grammar node {node!r}")
-
-    def _span(self, start: int, sam: Tuple[List[Dict[str, int]], List[bool]]) -> int:
-        moves, final = sam
-        states = [start] + [self.new() for _ in range(1, len(moves))]
-        trie: Dict[Tuple[int, bytes], int] = {}
-        for k, out in enumerate(moves):
-            for ch, m in out.items():
-                data = ch.encode("utf-8")
-                last = self.bytes_from(states[k], data[:-1], trie)
-                self.add(last, data[-1], states[m])
-        end = self.new()
-        for k in range(1, len(moves)):
-            if final[k]:
-                self.eps[states[k]].append(end)
-        return end
 
     def _free_label(self, start: int) -> int:
         end = self.new()
@@ -338,72 +333,122 @@ class _NFA:
         return end
 
 
+@lru_cache(maxsize=64)
+def _skeleton(task: Task, instruction: Optional[str], leading_space: bool) -> Tuple[_NFA, int, int]:
+    nfa = _NFA()
+    start = nfa.new()
+    accept = nfa.compile(output_language(task, instruction, leading_space), start)
+    return nfa, start, accept
+
+
+# An NFA item: a task state (int), or a place in a span (entry state, span
+# automaton state, bytes read of a character not yet complete).
+_Item = Union[int, Tuple[int, int, bytes]]
+
+
 class FormatAutomaton:
     """The well-formed outputs for one input text, as a lazily built byte DFA.
 
     States are ints; `step` returns -1 for a dead state. Subsets and
-    transitions are cached, so walking the same prefix twice is cheap."""
+    transitions are computed when first walked and cached, so a prompt costs
+    its span automaton (linear in the text) plus the states its outputs visit."""
 
     def __init__(self, task: Union[Task, str], text: str, instruction: Optional[str] = None,
                  leading_space: bool = True) -> None:
         self.task = get_task(task)
         self.text = text
         self.instruction = instruction
-        nfa = _NFA()
-        start = nfa.new()
-        sam = _span_automaton(text)
-        self._accept = nfa.compile(output_language(self.task, instruction, leading_space), start, sam)
-        self._nfa = nfa
-        self._subsets: List[Tuple[int, ...]] = []
-        self._ids: Dict[Tuple[int, ...], int] = {}
-        self._moves: List[Optional[Dict[int, int]]] = []
+        self._nfa, start, self._accept = _skeleton(self.task, instruction, leading_space)
+        self._sam, self._final = _span_automaton(text)
+        self._char_bytes: Dict[int, List[Tuple[bytes, int]]] = {}
+        self._subsets: List[frozenset] = []
+        self._ids: Dict[frozenset, int] = {}
+        self._moves: List[Optional[Dict[int, int]]] = []  # all successors, once asked for
+        self._steps: List[Dict[int, int]] = []  # successors built so far (-1: dead)
         self._accepting: List[bool] = []
         self.start = self._state_of((start,))
 
-    @property
-    def n_nfa_states(self) -> int:
-        return len(self._nfa.edges)
+    def _span_chars(self, k: int) -> List[Tuple[bytes, int]]:
+        """(UTF-8 bytes, next state) of span automaton state k's characters."""
+        found = self._char_bytes.get(k)
+        if found is None:
+            found = self._char_bytes[k] = [(ch.encode("utf-8"), m) for ch, m in self._sam[k].items()]
+        return found
 
-    def _state_of(self, states: Iterable[int]) -> int:
-        seen = set(states)
+    def _state_of(self, items: Iterable[_Item]) -> int:
+        nfa, final = self._nfa, self._final
+        seen = set(items)
         stack = list(seen)
-        eps = self._nfa.eps
         while stack:
-            for b in eps[stack.pop()]:
+            item = stack.pop()
+            if isinstance(item, int):
+                nxt: List[_Item] = list(nfa.eps[item])
+                if item in nfa.spans:
+                    nxt.append((item, 0, b""))
+            else:
+                entry, k, pending = item
+                nxt = [nfa.spans[entry]] if not pending and k and final[k] else []
+            for b in nxt:
                 if b not in seen:
                     seen.add(b)
                     stack.append(b)
-        key = tuple(sorted(seen))
+        key = frozenset(seen)
         found = self._ids.get(key)
         if found is None:
             found = self._ids[key] = len(self._subsets)
             self._subsets.append(key)
             self._moves.append(None)
+            self._steps.append({})
             self._accepting.append(self._accept in seen)
         return found
 
+    def _targets(self, state: int, only: Optional[int] = None) -> Dict[int, List[_Item]]:
+        """NFA items reached from `state` by each byte (or by `only`)."""
+        targets: Dict[int, List[_Item]] = {}
+        for item in self._subsets[state]:
+            if isinstance(item, int):
+                edges = self._nfa.edges[item]
+                if only is None:
+                    for byte, bs in edges.items():
+                        targets.setdefault(byte, []).extend(bs)
+                elif only in edges:
+                    targets.setdefault(only, []).extend(edges[only])
+                continue
+            entry, k, pending = item
+            n = len(pending)
+            for data, m in self._span_chars(k):
+                if len(data) > n and (only is None or data[n] == only) and data.startswith(pending):
+                    target = (entry, m, b"") if len(data) == n + 1 else (entry, k, data[: n + 1])
+                    targets.setdefault(data[n], []).append(target)
+        return targets
+
     def moves(self, state: int) -> Dict[int, int]:
-        """{byte: next state} for the live bytes of `state`."""
+        """{byte: next state} for all live bytes of `state`."""
         moves = self._moves[state]
         if moves is None:
-            targets: Dict[int, List[int]] = {}
-            for s in self._subsets[state]:
-                for byte, bs in self._nfa.edges[s].items():
-                    targets.setdefault(byte, []).extend(bs)
-            moves = {byte: self._state_of(bs) for byte, bs in targets.items()}
+            moves = {byte: self._state_of(items) for byte, items in self._targets(state).items()}
             self._moves[state] = moves
+            self._steps[state] = moves
         return moves
 
     def step(self, state: int, byte: int) -> int:
+        """The state after one byte (-1: dead); only that successor is built."""
         if state < 0:
             return -1
-        return self.moves(state).get(byte, -1)
+        known = self._steps[state]
+        found = known.get(byte)
+        if found is None:
+            if self._moves[state] is not None:
+                return -1
+            items = self._targets(state, byte).get(byte)
+            found = known[byte] = self._state_of(items) if items else -1
+        return found
 
     def feed(self, state: int, data: bytes) -> int:
         for byte in data:
             if state < 0:
                 return -1
-            state = self.moves(state).get(byte, -1)
+            state = self.step(state, byte)
         return state
 
     def accepting(self, state: int) -> bool:
@@ -496,8 +541,8 @@ TokenState = Tuple[int, int]
 class TokenAutomaton:
     """A `FormatAutomaton` seen through one vocabulary.
 
-    `label_sequences` are the candidates' own token ids: while a text label is
-    due, only these sequences may be generated."""
+    `label_sequences` are the text labels' own token ids: while a text label
+    is due, only these sequences may be generated."""
 
     def __init__(self, automaton: FormatAutomaton, vocab: TokenVocab,
                  label_sequences: Sequence[Sequence[int]] = ()) -> None:
@@ -512,6 +557,7 @@ class TokenAutomaton:
                 node = self._trie[node].setdefault(int(t), len(self._trie))
                 if node == len(self._trie):
                     self._trie.append({})
+        self._eos = set(vocab.eos_ids)
         self._cache: Dict[TokenState, Tuple[List[int], Dict[int, TokenState]]] = {}
         self.tensors: Dict[TokenState, Any] = {}  # per-state id tensors for the HF processor
         self._arrays: Dict[TokenState, Any] = {}
@@ -536,8 +582,38 @@ class TokenAutomaton:
         return found
 
     def advance(self, state: TokenState, token: int) -> Optional[TokenState]:
-        """The state after `token`, or None where it was not allowed."""
-        return self.allowed(state)[1].get(int(token))
+        """The state after `token`, or None where it was not allowed. Checks
+        this one token: the state's whole allowed set is not needed."""
+        token = int(token)
+        full = self._cache.get(state)
+        if full is not None:
+            return full[1].get(token)
+        dfa, node = state
+        if token in self._eos:
+            return state if self.automaton.accepting(dfa) else None
+        data = self.vocab.token_bytes[token] if 0 <= token < len(self.vocab.token_bytes) else None
+        if not data:
+            return None
+        if node >= 0:
+            child = self._trie[node].get(token)
+            if child is None:
+                return None
+            d = self.automaton.feed(dfa, data)
+            return (d, child if self._trie[child] else -1) if d >= 0 else None
+        d = self.automaton.feed(dfa, data)
+        return (d, -1) if d >= 0 else None
+
+    def pick(self, state: TokenState, ranked: Iterable[int]) -> Optional[int]:
+        """The first token of `ranked` (best first) allowed in `state`, or None.
+
+        Greedy decoding needs only this: the best allowed token. A model that
+        keeps to the format finds it among its first few tokens, so the
+        state's whole allowed set (a walk over the vocabulary) is only
+        computed when none of `ranked` fits."""
+        for token in ranked:
+            if self.advance(state, token) is not None:
+                return int(token)
+        return None
 
     def _compute(self, state: TokenState) -> Tuple[List[int], Dict[int, TokenState]]:
         dfa, node = state
@@ -585,15 +661,37 @@ def split_prompt(task: Task, prompt: str) -> Tuple[str, Optional[str]]:
 
 
 class PromptConstrainer:
-    """Prompts of one task -> token automata for one vocabulary (cached per prompt)."""
+    """Prompts of one task -> token automata for one vocabulary (cached per prompt).
+
+    `tokenize(text)` (no special tokens, as training tokenizes outputs) gives
+    the text label's own tokens: the tokens of `<label>` + separator + IW,
+    all but the last one (which may merge with what follows), so a label
+    is generated the way training wrote it even where a token crosses its
+    closing `>`."""
 
     def __init__(self, task: Union[Task, str], vocab: TokenVocab,
-                 label_sequences: Sequence[Sequence[int]] = (), cache_size: int = 1024) -> None:
+                 tokenize: Optional[Any] = None, cache_size: int = 1024) -> None:
         self.task = get_task(task)
         self.vocab = vocab
-        self.label_sequences = [list(s) for s in label_sequences]
+        self.tokenize = tokenize
         self.cache_size = cache_size
         self._cache: "OrderedDict[str, TokenAutomaton]" = OrderedDict()
+        self._labels: Dict[Optional[str], List[List[int]]] = {}
+
+    def label_sequences(self, instruction: Optional[str] = None) -> List[List[int]]:
+        found = self._labels.get(instruction)
+        if found is None:
+            found = []
+            if self.tokenize is not None and self.task.text_labels:
+                wl = self.task.word_level(instruction)
+                iw = wl.instruction if wl else self.task.instruction
+                for label in self.task.text_labels:
+                    ids = list(self.tokenize(f"<{label}>" + (self.task.separator + iw if iw else "")))
+                    found.append(ids[:-1] if iw else ids)
+                if not all(found):  # a label shares its only token with the IW: no label stage
+                    found = []
+            self._labels[instruction] = found
+        return found
 
     def __call__(self, prompt: str) -> TokenAutomaton:
         found = self._cache.get(prompt)
@@ -601,21 +699,33 @@ class PromptConstrainer:
             self._cache.move_to_end(prompt)
             return found
         text, instruction = split_prompt(self.task, prompt)
-        automaton = TokenAutomaton(FormatAutomaton(self.task, text, instruction), self.vocab, self.label_sequences)
+        automaton = TokenAutomaton(FormatAutomaton(self.task, text, instruction), self.vocab,
+                                   self.label_sequences(instruction))
         self._cache[prompt] = automaton
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return automaton
 
 
+# How many of the best tokens greedy picking checks before it walks the
+# vocabulary for the whole allowed set.
+TOP_K = 16
+
+
 class HFConstraintProcessor:
     """A transformers LogitsProcessor: row i may only continue the format for
     its own prompt. Made fresh for each `generate` call (it remembers the
-    prompt length from its first call)."""
+    prompt length from its first call).
 
-    def __init__(self, automata: Sequence[TokenAutomaton]) -> None:
+    With `greedy=True` only the best allowed token of each row keeps its
+    score (found among the TOP_K best, else over the whole allowed set): the
+    same greedy choice as masking every disallowed token, at a fraction of
+    the cost. Use `greedy=False` for sampling or beam search."""
+
+    def __init__(self, automata: Sequence[TokenAutomaton], greedy: bool = True) -> None:
         self.automata = list(automata)
         self.states: List[Optional[TokenState]] = [a.start() for a in self.automata]
+        self.greedy = greedy
         self._prompt_len: Optional[int] = None
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
@@ -631,14 +741,25 @@ class HFConstraintProcessor:
                     # after EOS (or an off-format token) the row is left alone
                     self.states[i] = None if automaton.is_eos(token) else automaton.advance(state, token)
         mask = torch.full_like(scores, float("-inf"))
+        top = scores.topk(min(TOP_K, scores.shape[-1]), dim=-1).indices.tolist() if self.greedy else None
+        rows: List[int] = []
+        cols: List[int] = []
         for i, state in enumerate(self.states):
             if state is None:
                 mask[i] = 0.0
                 continue
             automaton = self.automata[i]
+            if top is not None:
+                best = automaton.pick(state, top[i])
+                if best is not None:
+                    rows.append(i)
+                    cols.append(best)
+                    continue
             ids = automaton.tensors.get(state)
             if ids is None or ids.device != scores.device:
                 allowed = [t for t in automaton.allowed(state)[0] if t < scores.shape[-1]]
                 ids = automaton.tensors[state] = torch.tensor(allowed, dtype=torch.long, device=scores.device)
             mask[i, ids] = 0.0
+        if rows:
+            mask[rows, cols] = 0.0
         return scores + mask

@@ -206,8 +206,8 @@ def test_hf_token_bytes_round_trip(tiny_tokenizer, tiny_texts):
 def test_gold_outputs_are_allowed_token_by_token(tiny_tokenizer):
     task = get_task("scnm")
     vocab = TokenVocab.from_hf(tiny_tokenizer)
-    labels = [tiny_tokenizer(f"<{l}>", add_special_tokens=False)["input_ids"] for l in task.text_labels]
-    constrainer = PromptConstrainer(task, vocab, labels)
+    constrainer = PromptConstrainer(task, vocab, lambda t: tiny_tokenizer(t, add_special_tokens=False)["input_ids"])
+    assert constrainer.label_sequences() == [[tiny_tokenizer.convert_tokens_to_ids(f"<{l}>")] for l in task.text_labels]
     ann = Annotation(text=TEXT, task="scnm", label="社会",
                      entities=[Mention("人名", "松友美佐紀"), Mention("地名", "日本")])
     ta = constrainer(build_input(TEXT, task))
@@ -225,8 +225,7 @@ def test_hf_processor_masks_each_row(tiny_tokenizer):
 
     task = get_task("scnm")
     vocab = TokenVocab.from_hf(tiny_tokenizer)
-    labels = [tiny_tokenizer(f"<{l}>", add_special_tokens=False)["input_ids"] for l in task.text_labels]
-    constrainer = PromptConstrainer(task, vocab, labels)
+    constrainer = PromptConstrainer(task, vocab, lambda t: tiny_tokenizer(t, add_special_tokens=False)["input_ids"])
     autos = [constrainer(build_input(t, task)) for t in (TEXT, "東京")]
     proc = HFConstraintProcessor(autos)
     rng = random.Random(0)
@@ -251,3 +250,21 @@ def test_hf_processor_masks_each_row(tiny_tokenizer):
             out = tiny_tokenizer.decode(toks, skip_special_tokens=True)
             auto = FormatAutomaton(task, text)
             assert auto.feed(auto.start, out.encode()) >= 0, out
+
+
+def test_label_stage_follows_the_trained_tokenization_across_the_closing_bracket():
+    """A tokenizer that merges `>` with the IW: the label stage keeps `<b`,
+    and the merged `>NER` token stays allowed after it."""
+    task = get_task({"name": "t", "text_labels": ["a", "b"],
+                     "word_levels": [{"kind": "entities", "instruction": "NER", "labels": ["X"]}]})
+    vocab = TokenVocab([None, None, b"<a>", b"NER", b"<b", b">NER", b"<", b"b", b">"], eos_ids=[1])
+    pieces = {"<a>NER": [2, 3], "<b>NER": [4, 5]}
+    constrainer = PromptConstrainer(task, vocab, lambda text: pieces[text])
+    assert constrainer.label_sequences() == [[2], [4]]
+    ta = constrainer(build_input("東京", task))
+    start = ta.start()
+    assert ta.allowed(start)[0] == [2, 4]  # not "<" then "b"
+    after_b = ta.advance(start, 4)
+    assert 5 in ta.allowed(after_b)[0] and 8 in ta.allowed(after_b)[0]
+    assert 1 in ta.allowed(ta.advance(after_b, 5))[0]
+    assert ta.pick(start, [6, 7, 4, 2]) == 4  # the best allowed of a ranking
