@@ -368,8 +368,7 @@ class HFBackend:
 
             if self._vocab is None:
                 self._vocab = TokenVocab.from_hf(self.tokenizer, eos_ids=self._eos_ids)
-            labels = [self._candidate_ids(f"<{label}>") for label in self.task.text_labels]
-            self._constrainer = PromptConstrainer(self.task, self._vocab, labels)
+            self._constrainer = PromptConstrainer(self.task, self._vocab, self._candidate_ids)
         return self._constrainer
 
     def label_scores(self, prompts: Sequence[str], candidates: Sequence[str]) -> List[Dict[str, float]]:
