@@ -90,7 +90,7 @@ class LlamaCppBackend:
         max_new_tokens: int = 256,
         seed: int = 0,
         verbose: bool = False,
-        n_parallel: int = 1,
+        n_parallel: int = 8,
         constrained: bool = False,
         task: Optional[Any] = None,
     ) -> None:
@@ -293,6 +293,8 @@ class LlamaCppBackend:
         """pick(k, logits) -> the greedy next token of prompt k."""
         import numpy as np
 
+        from ..constraints import TOP_K
+
         if not self.constrained:
             return lambda k, logits: int(np.argmax(logits))
         constrainer = self._prompt_constrainer()
@@ -301,8 +303,13 @@ class LlamaCppBackend:
 
         def pick(k: int, logits) -> int:
             automaton, state = automata[k], states[k]
-            allowed = automaton.allowed_array(state)
-            token = int(allowed[int(np.argmax(logits[allowed]))])
+            # the best few tokens first (stable: ties go to the lower id, as argmax)
+            top = np.argpartition(-logits, TOP_K)[:TOP_K] if len(logits) > TOP_K else np.arange(len(logits))
+            top = top[np.argsort(-logits[top], kind="stable")]
+            token = automaton.pick(state, top.tolist())
+            if token is None:
+                allowed = automaton.allowed_array(state)
+                token = int(allowed[int(np.argmax(logits[allowed]))])
             states[k] = automaton.advance(state, token)
             return token
 
@@ -358,8 +365,7 @@ class LlamaCppBackend:
             if self._vocab is None:
                 pieces = [None if t in self._skip else self._piece(t) for t in range(self._n_vocab)]
                 self._vocab = TokenVocab(pieces, self._eog)
-            labels = [self._candidate_ids(f"<{label}>") for label in self.task.text_labels]
-            self._constrainer = PromptConstrainer(self.task, self._vocab, labels)
+            self._constrainer = PromptConstrainer(self.task, self._vocab, self._candidate_ids)
         return self._constrainer
 
     def label_scores(self, prompts: Sequence[str], candidates: Sequence[str]) -> List[Dict[str, float]]:
@@ -394,7 +400,7 @@ def make_llamacpp_backend(
     max_new_tokens: int = 256,
     seed: int = 0,
     verbose: bool = False,
-    n_parallel: int = 1,
+    n_parallel: int = 8,
     constrained: bool = False,
     task: Optional[Any] = None,
 ) -> LlamaCppBackend:
