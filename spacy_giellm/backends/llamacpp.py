@@ -78,6 +78,12 @@ def physical_cores() -> int:
     return max(1, min(len(cores), n_logical))
 
 
+def _max_sequences() -> int:
+    import llama_cpp
+
+    return int(llama_cpp.llama_max_parallel_sequences())
+
+
 class LlamaCppBackend:
     """Greedy generation with a GGUF model through llama-cpp-python."""
 
@@ -370,9 +376,10 @@ class LlamaCppBackend:
 
     def label_scores(self, prompts: Sequence[str], candidates: Sequence[str]) -> List[Dict[str, float]]:
         """P(candidate | prompt) for each prompt, normalized over `candidates`:
-        the softmax of each candidate's summed token log-probabilities. The
-        prompt is decoded once; each candidate continues a copy of its KV
-        cells (`llama_memory_seq_cp`), all candidates in one batch."""
+        the softmax of each candidate's summed token log-probabilities. Up to
+        n_parallel prompts are decoded together, each once; a candidate of
+        several tokens continues a copy of its prompt's KV cells
+        (`llama_memory_seq_cp`), all candidates in one batch."""
         import numpy as np
 
         prompts, candidates = list(prompts), list(candidates)
@@ -384,7 +391,9 @@ class LlamaCppBackend:
         for c, ids in zip(candidates, cand_ids):
             if not ids:
                 raise ValueError(f"giellm.LlamaCpp.v1: candidate {c!r} has no tokens")
-        engine = self._engine(len(candidates) + 1)
+        # room for n_parallel prompts with a copy per multi-token candidate
+        per = 1 + sum(len(ids) > 1 for ids in cand_ids)
+        engine = self._engine(max(per, min(self.n_parallel * per, _max_sequences())))
         logp = np.asarray(engine.score([self.encode_prompt(p) for p in prompts], cand_ids), dtype=np.float64)
         probs = np.exp(logp - logp.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)

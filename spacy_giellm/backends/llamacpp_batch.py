@@ -205,42 +205,61 @@ class SequenceBatcher:
     # --------------------------------------------------------------- scoring
 
     def score(self, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]]) -> List[List[float]]:
-        """log P(candidate tokens | prompt), summed, for every prompt and candidate."""
+        """log P(candidate tokens | prompt), summed, for every prompt and candidate.
+
+        Several prompts are decoded together (one sequence each); a prompt's
+        candidates of more than one token continue copies of its sequence."""
         n_cand = len(candidates)
         if n_cand == 0:
             return [[] for _ in prompts]
         if any(not c for c in candidates):
             raise ValueError("a candidate has no tokens")
-        if self.n_seq < n_cand + 1:
-            raise ValueError(f"scoring {n_cand} candidates needs n_seq >= {n_cand + 1}, have {self.n_seq}")
-        longest = max(len(c) for c in candidates)
+        per = 1 + sum(len(c) > 1 for c in candidates)  # sequences per prompt
+        if self.n_seq < per:
+            raise ValueError(f"scoring these candidates needs n_seq >= {per}, have {self.n_seq}")
+        extra = sum(len(c) - 1 for c in candidates)  # cells of the continuations
         out: List[List[float]] = []
-        for tokens in prompts:
-            if len(tokens) + n_cand * longest > self.n_ctx:
-                raise ValueError(f"prompt of {len(tokens)} tokens and its candidates do not fit n_ctx={self.n_ctx}")
-            self._clear()
-            scores = [0.0] * n_cand
-            first: Dict[int, Any] = {}
+        k = 0
+        while k < len(prompts):
+            group: List[Sequence[int]] = []
+            cells = 0
+            while k + len(group) < len(prompts) and (len(group) + 1) * per <= self.n_seq:
+                need = len(prompts[k + len(group)]) + extra
+                if need > self.n_ctx:
+                    raise ValueError(
+                        f"prompt of {len(prompts[k + len(group)])} tokens and its candidates do not fit n_ctx={self.n_ctx}"
+                    )
+                if group and cells + need > self.n_ctx:
+                    break
+                group.append(prompts[k + len(group)])
+                cells += need
+            out.extend(self._score_group(group, candidates, per))
+            k += len(group)
+        return out
 
-            def keep(seq: int, logits) -> None:
-                first[seq] = logits.copy()
+    def _score_group(self, group: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], per: int) -> List[List[float]]:
+        self._clear()
+        first: Dict[int, Any] = {}
 
-            self._feed_prompts({0: tokens}, keep)
-            for c, cand in enumerate(candidates):
-                scores[c] = _log_softmax_at(first[0], cand[0])
-            # each candidate continues its own copy of the prompt's cells
-            items: List[Tuple[int, int, Sequence[int], bool]] = []
-            where: List[Tuple[int, int]] = []
+        def keep(seq: int, logits) -> None:
+            first[seq] = logits.copy()
+
+        self._feed_prompts({g * per: tokens for g, tokens in enumerate(group)}, keep)
+        scores = [[_log_softmax_at(first[g * per], cand[0]) for cand in candidates] for g in range(len(group))]
+        items: List[Tuple[int, int, Sequence[int], bool]] = []
+        where: List[Tuple[int, int, int]] = []
+        for g, tokens in enumerate(group):
+            seq = g * per
             for c, cand in enumerate(candidates):
                 if len(cand) < 2:
                     continue
-                self._llama_cpp.llama_memory_seq_cp(self._mem, 0, c + 1, -1, -1)
+                seq += 1  # this candidate's copy of the prompt's cells
+                self._llama_cpp.llama_memory_seq_cp(self._mem, g * per, seq, -1, -1)
                 for j, token in enumerate(cand[:-1]):
-                    items.append((token, len(tokens) + j, (c + 1,), True))
-                    where.append((c, cand[j + 1]))
-            for start in range(0, len(items), self.n_batch):
-                self._decode(items[start : start + self.n_batch])
-                for i, (c, nxt) in enumerate(where[start : start + self.n_batch]):
-                    scores[c] += _log_softmax_at(self._logits(i), nxt)
-            out.append(scores)
-        return out
+                    items.append((token, len(tokens) + j, (seq,), True))
+                    where.append((g, c, cand[j + 1]))
+        for start in range(0, len(items), self.n_batch):
+            self._decode(items[start : start + self.n_batch])
+            for i, (g, c, nxt) in enumerate(where[start : start + self.n_batch]):
+                scores[g][c] += _log_softmax_at(self._logits(i), nxt)
+        return scores
