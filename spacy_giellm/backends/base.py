@@ -1,4 +1,5 @@
-from typing import List, Protocol, runtime_checkable
+import math
+from typing import Any, Dict, List, Optional, Protocol, Sequence, runtime_checkable
 
 
 @runtime_checkable
@@ -13,3 +14,64 @@ class Backend(Protocol):
 
     def generate(self, prompts: List[str]) -> List[str]:
         ...
+
+
+class LocalModelBackend:
+    """What the in-process backends (transformers, llama.cpp) share: the task
+    binding that constrained decoding needs, and label scoring around the
+    backend's own `_candidate_logprobs`. Subclasses provide `generate_ids`,
+    `decode`, `_candidate_ids`, `_token_vocab` and `_candidate_logprobs`."""
+
+    backend_name = "giellm backend"
+    task: Any = None
+    instruction: Optional[str] = None
+    _vocab: Any = None
+    _constrainer: Any = None
+
+    def generate(self, prompts: List[str]) -> List[str]:
+        """Greedy continuation of each prompt: only the new text, special tokens removed."""
+        return [self.decode(ids) for ids in self.generate_ids(prompts)]  # type: ignore[attr-defined]
+
+    def bind_task(self, task: Any, instruction: Optional[str] = None) -> None:
+        """The task whose format constrained decoding keeps to (the component calls this)."""
+        from ..tasks import get_task
+
+        self.task = get_task(task)
+        self.instruction = instruction
+        self._constrainer = None
+
+    def _prompt_constrainer(self) -> Any:
+        if self._constrainer is None:
+            if self.task is None:
+                raise ValueError(
+                    f"{self.backend_name}: constrained=true needs a task: set 'task', "
+                    "or use the backend in a giellm component"
+                )
+            from ..constraints import PromptConstrainer
+
+            if self._vocab is None:
+                self._vocab = self._token_vocab()  # type: ignore[attr-defined]
+            self._constrainer = PromptConstrainer(self.task, self._vocab, self._candidate_ids)  # type: ignore[attr-defined]
+        return self._constrainer
+
+    def label_scores(self, prompts: Sequence[str], candidates: Sequence[str]) -> List[Dict[str, float]]:
+        """P(candidate | prompt) for each prompt, normalized over `candidates`:
+        the softmax of each candidate's summed token log-probabilities."""
+        prompts, candidates = list(prompts), list(candidates)
+        if not prompts:
+            return []
+        if not candidates:
+            return [{} for _ in prompts]
+        cand_ids = [self._candidate_ids(c) for c in candidates]  # type: ignore[attr-defined]
+        for c, ids in zip(candidates, cand_ids):
+            if not ids:
+                raise ValueError(f"{self.backend_name}: candidate {c!r} has no tokens")
+        rows = self._candidate_logprobs(prompts, cand_ids)  # type: ignore[attr-defined]
+        return [dict(zip(candidates, _softmax(row))) for row in rows]
+
+
+def _softmax(row: Sequence[float]) -> List[float]:
+    top = max(row)
+    exps = [math.exp(x - top) for x in row]
+    total = sum(exps)
+    return [e / total for e in exps]

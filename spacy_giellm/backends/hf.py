@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..registry import giellm_backends
+from .base import LocalModelBackend
 
 __all__ = ["HFBackend", "make_hf_backend", "resolve_device", "resolve_dtype"]
 
@@ -76,8 +77,10 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, key)
 
 
-class HFBackend:
+class HFBackend(LocalModelBackend):
     """Greedy batched generation with a transformers causal LM (+ optional LoRA)."""
+
+    backend_name = "giellm.HF.v1"
 
     def __init__(
         self,
@@ -113,10 +116,6 @@ class HFBackend:
         self._device: Optional[str] = None
         self._eos_ids: List[int] = []
         self.constrained = constrained
-        self.task: Any = None
-        self.instruction: Optional[str] = None
-        self._vocab: Any = None
-        self._constrainer: Any = None
         if task is not None:
             self.bind_task(task)
 
@@ -340,65 +339,31 @@ class HFBackend:
                 results.append(ids)
         return results
 
-    def generate(self, prompts: List[str]) -> List[str]:
-        """Greedy continuation of each prompt: only the new text, special tokens removed."""
-        return [self.decode(ids) for ids in self.generate_ids(prompts)]
-
     # ------------------------------------------------------ task and labels
-
-    def bind_task(self, task: Any, instruction: Optional[str] = None) -> None:
-        """The task whose format constrained decoding keeps to (the component calls this)."""
-        from ..tasks import get_task
-
-        self.task = get_task(task)
-        self.instruction = instruction
-        self._constrainer = None
 
     def _candidate_ids(self, candidate: str) -> List[int]:
         """A candidate's own tokens, as training appends an output: no special tokens."""
         return list(self.tokenizer(candidate, add_special_tokens=False)["input_ids"])
 
-    def _prompt_constrainer(self):
-        if self._constrainer is None:
-            if self.task is None:
-                raise ValueError(
-                    "giellm.HF.v1: constrained=true needs a task: set 'task', or use the backend in a giellm component"
-                )
-            from ..constraints import PromptConstrainer, TokenVocab
+    def _token_vocab(self):
+        from ..constraints import TokenVocab
 
-            if self._vocab is None:
-                self._vocab = TokenVocab.from_hf(self.tokenizer, eos_ids=self._eos_ids)
-            self._constrainer = PromptConstrainer(self.task, self._vocab, self._candidate_ids)
-        return self._constrainer
+        return TokenVocab.from_hf(self.tokenizer, eos_ids=self._eos_ids)
 
-    def label_scores(self, prompts: Sequence[str], candidates: Sequence[str]) -> List[Dict[str, float]]:
-        """P(candidate | prompt) for each prompt, normalized over `candidates`:
-        the softmax of each candidate's summed token log-probabilities.
+    def _candidate_logprobs(self, prompts: List[str], cand_ids: List[List[int]]) -> List[List[float]]:
+        """[prompt][candidate] summed log-probabilities, a batch at a time.
 
         One forward pass over a batch of prompts gives every candidate's first
         token; candidates of several tokens then continue the prompts' KV
         cache, all of them in one more forward pass (the cache is repeated per
         candidate, the prompt is not recomputed)."""
-        import torch
-
-        prompts, candidates = list(prompts), list(candidates)
-        if not prompts:
-            return []
-        if not candidates:
-            return [{} for _ in prompts]
         self.load()
-        cand_ids = [self._candidate_ids(c) for c in candidates]
-        for c, ids in zip(candidates, cand_ids):
-            if not ids:
-                raise ValueError(f"giellm.HF.v1: candidate {c!r} has no tokens")
-        results: List[Dict[str, float]] = []
+        rows: List[List[float]] = []
         for start in range(0, len(prompts), self.batch_size):
-            logp = self._candidate_logprobs(prompts[start : start + self.batch_size], cand_ids)
-            for row in torch.softmax(logp, dim=-1).tolist():
-                results.append(dict(zip(candidates, row)))
-        return results
+            rows.extend(self._chunk_logprobs(prompts[start : start + self.batch_size], cand_ids).tolist())
+        return rows
 
-    def _candidate_logprobs(self, chunk: List[str], cand_ids: List[List[int]]):
+    def _chunk_logprobs(self, chunk: List[str], cand_ids: List[List[int]]):
         """[prompt, candidate] summed log-probabilities (float32)."""
         import torch
 

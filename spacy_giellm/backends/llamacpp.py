@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set
 
 from ..registry import giellm_backends
+from .base import LocalModelBackend
 from .gguf_check import validate_gguf
 
 __all__ = ["LlamaCppBackend", "make_llamacpp_backend", "physical_cores"]
@@ -84,8 +85,10 @@ def _max_sequences() -> int:
     return int(llama_cpp.llama_max_parallel_sequences())
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(LocalModelBackend):
     """Greedy generation with a GGUF model through llama-cpp-python."""
+
+    backend_name = "giellm.LlamaCpp.v1"
 
     def __init__(
         self,
@@ -124,11 +127,7 @@ class LlamaCppBackend:
         self._strip_leading_space = False
         self.n_parallel = n_parallel
         self.constrained = constrained
-        self.task: Any = None
-        self.instruction: Optional[str] = None
         self._engine_: Any = None
-        self._vocab: Any = None
-        self._constrainer: Any = None
         if task is not None:
             self.bind_task(task)
 
@@ -341,63 +340,28 @@ class LlamaCppBackend:
         return engine.generate(tokens, self.max_new_tokens, self._eog.__contains__, self._picker(prompts),
                                parallel=self.n_parallel)
 
-    def generate(self, prompts: List[str]) -> List[str]:
-        """Greedy continuation of each prompt: only the new text, special tokens removed."""
-        return [self.decode(ids) for ids in self.generate_ids(prompts)]
-
     # ------------------------------------------------------ task and labels
-
-    def bind_task(self, task: Any, instruction: Optional[str] = None) -> None:
-        """The task whose format constrained decoding keeps to (the component calls this)."""
-        from ..tasks import get_task
-
-        self.task = get_task(task)
-        self.instruction = instruction
-        self._constrainer = None
 
     def _candidate_ids(self, candidate: str) -> List[int]:
         """A candidate's own tokens, as training appends an output: no BOS."""
         return self.llama.tokenize(candidate.encode("utf-8"), add_bos=False, special=True)
 
-    def _prompt_constrainer(self):
-        if self._constrainer is None:
-            if self.task is None:
-                raise ValueError(
-                    "giellm.LlamaCpp.v1: constrained=true needs a task: set 'task', or use the backend in a giellm component"
-                )
-            from ..constraints import PromptConstrainer, TokenVocab
+    def _token_vocab(self):
+        from ..constraints import TokenVocab
 
-            self.load()
-            if self._vocab is None:
-                pieces = [None if t in self._skip else self._piece(t) for t in range(self._n_vocab)]
-                self._vocab = TokenVocab(pieces, self._eog)
-            self._constrainer = PromptConstrainer(self.task, self._vocab, self._candidate_ids)
-        return self._constrainer
+        self.load()
+        pieces = [None if t in self._skip else self._piece(t) for t in range(self._n_vocab)]
+        return TokenVocab(pieces, self._eog)
 
-    def label_scores(self, prompts: Sequence[str], candidates: Sequence[str]) -> List[Dict[str, float]]:
-        """P(candidate | prompt) for each prompt, normalized over `candidates`:
-        the softmax of each candidate's summed token log-probabilities. Up to
-        n_parallel prompts are decoded together, each once; a candidate of
-        several tokens continues a copy of its prompt's KV cells
-        (`llama_memory_seq_cp`), all candidates in one batch."""
-        import numpy as np
-
-        prompts, candidates = list(prompts), list(candidates)
-        if not prompts:
-            return []
-        if not candidates:
-            return [{} for _ in prompts]
-        cand_ids = [self._candidate_ids(c) for c in candidates]
-        for c, ids in zip(candidates, cand_ids):
-            if not ids:
-                raise ValueError(f"giellm.LlamaCpp.v1: candidate {c!r} has no tokens")
+    def _candidate_logprobs(self, prompts: List[str], cand_ids: List[List[int]]) -> List[List[float]]:
+        """[prompt][candidate] summed log-probabilities. Up to n_parallel
+        prompts are decoded together, each once; a candidate of several tokens
+        continues a copy of its prompt's KV cells (`llama_memory_seq_cp`), all
+        candidates in one batch."""
         # room for n_parallel prompts with a copy per multi-token candidate
         per = 1 + sum(len(ids) > 1 for ids in cand_ids)
         engine = self._engine(max(per, min(self.n_parallel * per, _max_sequences())))
-        logp = np.asarray(engine.score([self.encode_prompt(p) for p in prompts], cand_ids), dtype=np.float64)
-        probs = np.exp(logp - logp.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        return [dict(zip(candidates, row.tolist())) for row in probs]
+        return [list(map(float, row)) for row in engine.score([self.encode_prompt(p) for p in prompts], cand_ids)]
 
 
 @giellm_backends.register("giellm.LlamaCpp.v1")
