@@ -40,6 +40,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "split_tokens": False,
     "store_output": False,
     "max_chars": 1000,
+    "score_cats": True,
     "scorer": {"@scorers": "giellm.scorer.v1"},
 }
 
@@ -126,6 +127,7 @@ def make_giellm(
     split_tokens: bool,
     store_output: bool,
     max_chars: int,
+    score_cats: bool,
     scorer: Optional[Callable],
 ) -> "GiellmComponent":
     return GiellmComponent(
@@ -140,6 +142,7 @@ def make_giellm(
         split_tokens=split_tokens,
         store_output=store_output,
         max_chars=max_chars,
+        score_cats=score_cats,
         scorer=scorer,
     )
 
@@ -159,6 +162,7 @@ class GiellmComponent(Pipe):
         split_tokens: bool = False,
         store_output: bool = False,
         max_chars: int = 1000,
+        score_cats: bool = True,
         scorer: Optional[Callable] = None,
     ) -> None:
         if ents not in ENTS_POLICIES:
@@ -181,6 +185,7 @@ class GiellmComponent(Pipe):
         self.split_tokens = split_tokens
         self.store_output = store_output
         self.max_chars = max_chars
+        self.score_cats = score_cats
         self.scorer = scorer
         self.stats: Counter = Counter()
         self._bind_backend()
@@ -246,7 +251,7 @@ class GiellmComponent(Pipe):
     def _label_scores(self, prompts: List[str]) -> Optional[List[Dict[str, float]]]:
         """Real label probabilities where the backend can give them."""
         scorer = getattr(self.backend, "label_scores", None)
-        if scorer is None or not self.task.text_labels or not prompts:
+        if not self.score_cats or scorer is None or not self.task.text_labels or not prompts:
             return None
         return scorer(prompts, [f"<{label}>" for label in self.task.text_labels])
 

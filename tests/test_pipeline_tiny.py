@@ -78,3 +78,15 @@ def test_missing_model_is_a_clear_error(ginza, tmp_path):
         "@giellm_backends": "giellm.LlamaCpp.v1", "model_path": str(missing)}})
     with pytest.raises(FileNotFoundError, match="no-such-model.gguf"):
         nlp("東京に行く。")
+
+
+def test_score_cats_switch(ginza, tiny_model_dir):
+    backend = {"@giellm_backends": "giellm.HF.v1", "model": str(tiny_model_dir), "max_new_tokens": 6}
+    cats = {}
+    for score in (True, False):
+        nlp = spacy.load("ja_ginza")
+        nlp.add_pipe("giellm", config={"task": "scnm", "backend": backend, "score_cats": score})
+        cats[score] = nlp(TEXTS[0]).cats
+    assert sum(cats[True].values()) == pytest.approx(1.0)
+    assert 0.0 < max(cats[True].values()) < 1.0  # real probabilities, not one-hot
+    assert set(cats[False].values()) <= {0.0, 1.0}  # the generated label only
