@@ -176,3 +176,23 @@ def test_time_budget_stops_training(tmp_path, sample_splits):
     )
     manifest = train(root / "train.jsonl", root / "dev.jsonl", tmp_path / "t", cfg)
     assert 1 <= manifest["steps"] < 1000 and manifest["dev_loss"] is not None
+
+
+@pytest.mark.slow
+def test_ginza_vectors_initialise_embeddings(tmp_path, tiny_model_dir):
+    pytest.importorskip("ja_ginza")
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from spacy_giellm.training.vectors import init_embeddings_from_vectors
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model_dir)
+    before = AutoModelForCausalLM.from_pretrained(str(model_dir)).get_input_embeddings().weight.clone()
+    info = init_embeddings_from_vectors(model_dir)
+    after = AutoModelForCausalLM.from_pretrained(str(model_dir)).get_input_embeddings().weight
+    changed = int((before != after).any(dim=1).sum())
+    assert info["used"] and changed == info["pieces_with_vectors"] > 64
+    assert torch.isfinite(after).all()
