@@ -234,7 +234,7 @@ def spacy_ner(
                 break
         epochs += 1
         f = score_annotations(_predict(nlp, dev))["wl_f"] or 0.0
-        log.append({"epoch": epochs, "loss": losses.get("ner"), "dev_f": f, "t": round(now() - t_train)})
+        log.append({"epoch": epochs, "loss": float(losses.get("ner", 0.0)), "dev_f": f, "t": round(now() - t_train)})
         print(log[-1], file=sys.stderr)
         if f > best_f:
             best, best_f, best_epoch = nlp.to_bytes(), f, epochs

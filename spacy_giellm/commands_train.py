@@ -113,12 +113,17 @@ def evaluate_model_cli(
 def merge_cli(
     model_dir: Path = typer.Argument(..., help="LoRA adapter dir (or a full model dir, copied)"),
     output_dir: Path = typer.Argument(..., help="Merged model dir (safetensors)"),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Also write what was merged to this JSON file"),
 ) -> None:
     """Merge a LoRA adapter into its base model's weights."""
     with fail_cleanly():
         from .training.export import merge
+        from .training.train import write_json_atomic
 
-        _echo_json(merge(model_dir, output_dir))
+        info = merge(model_dir, output_dir)
+        if manifest is not None:
+            write_json_atomic(manifest, info)
+        _echo_json(info)
 
 
 @app.command("export-gguf")

@@ -310,6 +310,23 @@ def _load_tokenizer(base: str):
     return tok
 
 
+def _version_args(training_args_cls: Any, cuda: bool) -> Dict[str, Any]:
+    """Length-grouped batches and activation (gradient) checkpointing on a
+    GPU, under the argument names this transformers version uses."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(training_args_cls)}
+    out: Dict[str, Any] = (
+        {"train_sampling_strategy": "group_by_length"}
+        if "train_sampling_strategy" in names
+        else {"group_by_length": True}
+    )
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    out[ckpt] = cuda
+    out[f"{ckpt}_kwargs"] = {"use_reentrant": False} if cuda else None
+    return out
+
+
 def _count_params(model: Any) -> Tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -401,7 +418,7 @@ def train(
         weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup,
         lr_scheduler_type="cosine",
-        train_sampling_strategy="group_by_length",
+        **_version_args(TrainingArguments, cuda),
         eval_strategy="steps" if has_dev else "no",
         eval_steps=cfg.eval_steps,
         save_strategy="steps",
@@ -415,8 +432,6 @@ def train(
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=bf16,
-        gradient_checkpointing=cuda,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cuda else None,
         report_to="none",
         disable_tqdm=False,
         remove_unused_columns=False,
