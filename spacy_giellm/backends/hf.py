@@ -408,31 +408,5 @@ class HFBackend(LocalModelBackend):
         return scores
 
 
-@giellm_backends.register("giellm.HF.v1")
-def make_hf_backend(
-    model: str,
-    adapter: Optional[str] = None,
-    merge_adapter: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_size: int = 16,
-    max_new_tokens: int = 256,
-    trust_remote_code: bool = False,
-    use_safetensors_only: bool = True,
-    constrained: bool = False,
-    task: Optional[Any] = None,
-) -> HFBackend:
-    """A lazily loaded transformers backend; see `HFBackend`."""
-    return HFBackend(
-        model=model,
-        adapter=adapter,
-        merge_adapter=merge_adapter,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        trust_remote_code=trust_remote_code,
-        use_safetensors_only=use_safetensors_only,
-        constrained=constrained,
-        task=task,
-    )
+# The class is the registered function: its __init__ is the config schema.
+make_hf_backend = giellm_backends.register("giellm.HF.v1", func=HFBackend)

@@ -364,29 +364,5 @@ class LlamaCppBackend(LocalModelBackend):
         return [list(map(float, row)) for row in engine.score([self.encode_prompt(p) for p in prompts], cand_ids)]
 
 
-@giellm_backends.register("giellm.LlamaCpp.v1")
-def make_llamacpp_backend(
-    model_path: str,
-    n_ctx: int = 2048,
-    n_threads: Optional[int] = None,
-    n_gpu_layers: int = 0,
-    max_new_tokens: int = 256,
-    seed: int = 0,
-    verbose: bool = False,
-    n_parallel: int = 8,
-    constrained: bool = False,
-    task: Optional[Any] = None,
-) -> LlamaCppBackend:
-    """A lazily loaded llama.cpp backend; see `LlamaCppBackend`."""
-    return LlamaCppBackend(
-        model_path=model_path,
-        n_ctx=n_ctx,
-        n_threads=n_threads,
-        n_gpu_layers=n_gpu_layers,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        verbose=verbose,
-        n_parallel=n_parallel,
-        constrained=constrained,
-        task=task,
-    )
+# The class is the registered function: its __init__ is the config schema.
+make_llamacpp_backend = giellm_backends.register("giellm.LlamaCpp.v1", func=LlamaCppBackend)
