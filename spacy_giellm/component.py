@@ -330,9 +330,10 @@ class GiellmComponent(Pipe):
 
         if self.task.text_labels:
             total = sum(label_votes.values())
-            doc.cats = {
-                label: (label_votes[label] / total if total else 0.0) for label in self.task.text_labels
-            }
+            # update, not replace: several giellm pipes (topic, sentiment) share doc.cats
+            doc.cats.update(
+                {label: (label_votes[label] / total if total else 0.0) for label in self.task.text_labels}
+            )
         if self.split_tokens:
             offsets = [(s, e) for _, s, e in entities + sentiments]
             offsets += [(s, e) for rels in tuples.values() for _, args in rels for _, s, e in args if s is not None]

@@ -279,3 +279,15 @@ def test_importing_the_plugin_is_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_two_giellm_pipes_share_doc_cats(fresh):
+    text = "このホテルは朝食がとても美味しかった。"
+    sentiment, tcree = get_task("sentiment-ja"), get_task("tcree")
+    _add(fresh, "giellm_sentiment", {build_input(text, sentiment): render_output(
+        Annotation(text=text, label="positive"), sentiment)}, task="sentiment-ja")
+    _add(fresh, "giellm_topic", {build_input(text, tcree): render_output(
+        Annotation(text=text, label="women", instruction="Relation Extraction"), tcree)}, task="tcree")
+    cats = fresh(text).cats
+    assert cats["positive"] == 1.0 and cats["neutral"] == 0.0
+    assert cats["women"] == 1.0 and cats["IT"] == 0.0
