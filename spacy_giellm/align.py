@@ -10,7 +10,7 @@ reported, never placed somewhere plausible.
 import unicodedata
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from spacy.tokens import Doc, Span
 

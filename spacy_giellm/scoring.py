@@ -13,7 +13,7 @@
 All values are fractions in [0, 1], as spaCy's scorers report them.
 """
 from collections import Counter
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from spacy.util import registry
 

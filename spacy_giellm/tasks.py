@@ -7,7 +7,7 @@ its labels and its Instruction Word (IW). A task with several word levels
 input says which.
 """
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 

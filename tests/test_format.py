@@ -13,7 +13,6 @@ Round-trip domain (what `parse(render(a), task, text) == a` promises):
 - for a task whose tuple labels are unknown (built-in TCREE) arguments hold
   no `;` and no `::` (nothing to anchor on: the parser splits on them).
 """
-import re
 from typing import List, Sequence
 
 import pytest

@@ -21,7 +21,6 @@ prompt is decoded once, its KV cells copied to one sequence per candidate
 """
 from __future__ import annotations
 
-import ctypes
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["SequenceBatcher"]

@@ -15,7 +15,7 @@ Readers: `jsonl` (the project's own schema, see `jsonl.py`), `pairs`
 `stockmark-ner` (stockmark Wikipedia NER `ner.json`), `jrte-pn` (jrte-corpus
 `pn.tsv`). `register_reader` adds one.
 """
-from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 from ..annotation import Annotation
 from .docbin import annotation_to_doc, char_nlp, doc_to_annotation, read_docbin, write_docbin

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from ..annotation import Annotation, Mention, Relation
-from ..tasks import Task, get_task
+from ..tasks import Task
 from .report import CorpusError, ReadReport, TaskSpec, resolve_task
 
 PathLike = Union[str, Path]

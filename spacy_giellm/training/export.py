@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .evaluate import add_giellm, backend_config, load_gold, make_backend
-from .train import atomic_save, write_json_atomic
+from .train import atomic_save
 
 PathLike = Union[str, Path]
 FLOAT_TYPES = ("f32", "f16", "bf16", "q8_0")
