@@ -14,9 +14,17 @@ Failures: connection errors, timeouts, HTTP 429 and 5xx are retried with
 exponential backoff (`retries` times); other HTTP errors fail at once. Either
 every prompt of a `generate` call gets exactly one output, in order, or the
 call raises an error naming the URL: no prompt is silently dropped.
+
+Redirects are not followed: urllib would resend the request to wherever
+`Location` points (another host, with the `Authorization` key) as a GET; a
+redirect is an error naming both addresses. Proxies from the environment
+(`http_proxy`, `https_proxy`, `no_proxy`) are used as urllib does, except for
+loopback hosts (localhost, 127.0.0.0/8, ::1), which are always reached
+directly: a local server behind a corporate proxy setting must still work.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import time
@@ -24,6 +32,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence
+from urllib.parse import urlsplit
 
 from ..registry import giellm_backends
 
@@ -41,6 +50,30 @@ class _Fatal(Exception):
     """An answer that retrying will not fix (HTTP 4xx, malformed JSON)."""
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Makes a 3xx answer an HTTPError instead of a new request elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        return None
+
+
+def _is_loopback(host: Optional[str]) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _opener(url: str) -> urllib.request.OpenerDirector:
+    """No redirects; no proxy for loopback hosts, else the environment's (no_proxy honoured)."""
+    proxies = {} if _is_loopback(urlsplit(url).hostname) else None  # None: read the environment
+    return urllib.request.build_opener(urllib.request.ProxyHandler(proxies), _NoRedirect())
+
+
 def _base(url: str) -> str:
     url = url.rstrip("/")
     for suffix in ("/v1/completions", "/completions", "/v1"):
@@ -56,7 +89,7 @@ def wait_until_ready(url: str, timeout: float = 30.0, interval: float = 0.2) -> 
     last: Optional[BaseException] = None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(target, timeout=max(0.1, min(5.0, deadline - time.monotonic()))) as r:
+            with _opener(target).open(target, timeout=max(0.1, min(5.0, deadline - time.monotonic()))) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, OSError, ValueError) as e:
@@ -159,9 +192,14 @@ class ServerBackend:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.endpoint, data=data, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _opener(self.endpoint).open(request, timeout=self.timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as e:
+            if 300 <= e.code < 400:
+                raise _Fatal(
+                    f"HTTP {e.code} redirect to {e.headers.get('Location')!r}, not followed "
+                    "(set 'url' to the server's own address)"
+                ) from e
             detail = e.read()[:300].decode("utf-8", "replace") if e.fp is not None else ""
             if e.code in _RETRY_STATUS:
                 raise ConnectionError(f"HTTP {e.code}: {detail}") from e
