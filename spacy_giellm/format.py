@@ -22,13 +22,22 @@ shorter reading.
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import combinations
+from itertools import combinations, islice
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from .annotation import Annotation, Mention, Relation
 from .tasks import Task, WordLevel
 
 _TEXT_LABEL = re.compile(r"<([^<>]*)>")
+
+# Bounds that keep parsing linear in the output's length on adversarial
+# output; normal output stays far below them. A tuple part with more `;`
+# than this beyond its fields is not guessed at; a region between two
+# pieces is cut at its first and last this many `::`; a piece holds at most
+# this many label-like anchors inside its arguments.
+MAX_FIELD_CUTS = 12
+MAX_PIECE_CUTS = 8
+MAX_INNER_ANCHORS = 8
 
 
 def build_input(text: str, task: Task, instruction: Optional[str] = None) -> str:
@@ -229,12 +238,14 @@ def _split_fields(part: str, count: int, semi: str, text: Optional[str]) -> Opti
     such a reading the part is not guessed at."""
     if count == 0:
         return [] if part == "" else None
-    positions = [(m.start(), m.end()) for m in re.finditer(semi, part)]
+    # Past MAX_FIELD_CUTS delimiters the part is not guessed at: stop looking.
+    limit = max(count - 1, MAX_FIELD_CUTS) + 1
+    positions = [(m.start(), m.end()) for m in islice(re.finditer(semi, part), limit)]
     if len(positions) < count - 1:
         return None
     if len(positions) == count - 1:
         choices: Iterable[Tuple[Tuple[int, int], ...]] = [tuple(positions)]
-    elif text is None or len(positions) > 12:
+    elif text is None or len(positions) > MAX_FIELD_CUTS:
         return None
     else:
         choices = combinations(positions, count - 1)
@@ -332,7 +343,8 @@ def _parse_tuples(
 
 def _consistent_reading(rest, labels, head_of, tail_of, score, colon) -> Optional[List[Tuple[str, Tuple[str, ...]]]]:
     """The reading of `rest` in which every piece parses, over the choices
-    of which label anchors are labels (the others lie inside arguments);
+    of which label anchors are labels (the others, at most MAX_INNER_ANCHORS
+    in a row, lie inside arguments);
     best: most fields found in the text, then most pieces. None if there is
     no such reading."""
     # best[j]: reading whose last label is anchor j -> (key, previous anchor, head_j, tail of previous)
@@ -340,7 +352,7 @@ def _consistent_reading(rest, labels, head_of, tail_of, score, colon) -> Optiona
     for j, label in enumerate(labels):
         head = head_of(rest[: label.start()])
         entry = ((score(head), 1), None, head, None) if head is not None else None
-        for i in range(j):
+        for i in range(max(0, j - MAX_INNER_ANCHORS - 1), j):
             prev = best[i]
             if prev is None:
                 continue
@@ -370,8 +382,13 @@ def _consistent_reading(rest, labels, head_of, tail_of, score, colon) -> Optiona
 
 
 def _colon_cuts(region: str, colon: str) -> List[int]:
-    """Indices where `region` may be cut between two pieces (inside a `::`)."""
-    return [m.start() + 1 for m in re.finditer(f"(?={colon}{colon})", region)]
+    """Indices where `region` may be cut between two pieces (inside a `::`):
+    the first and the last MAX_PIECE_CUTS of them, so that the work per
+    region stays linear in its length."""
+    cuts = [m.start() + 1 for m in re.finditer(f"(?={colon}{colon})", region)]
+    if len(cuts) > 2 * MAX_PIECE_CUTS:
+        cuts = cuts[:MAX_PIECE_CUTS] + cuts[-MAX_PIECE_CUTS:]
+    return cuts
 
 
 def _best_head(region, head_of, colon, problems) -> Optional[List[str]]:
