@@ -46,3 +46,39 @@ def test_parse_output_is_roughly_linear(shape):
     # quadratic work would take ~10-16x as long; linear ~3-4x
     ratio = _cpu_seconds(large) / _cpu_seconds(small)
     assert ratio < 8, f"{len(small)} -> {len(large)} chars took {ratio:.1f}x the CPU time"
+
+
+# 13: alignment under NFKC over the whole string, one mention per occurrence
+
+
+@pytest.mark.parametrize(
+    "text,needle,expected",
+    [
+        ("僕のｶﾞｯｺｳは遠い", "ガッコウ", "ｶﾞｯｺｳ"),  # halfwidth katakana with dakuten
+        ("僕のガッコウは遠い", "ｶﾞｯｺｳ", "ガッコウ"),  # and the other way round
+        ("Cafe\u0301 de Flore", "Café", "Cafe\u0301"),  # a combining accent
+        ("Caf\u00e9 au lait", "Cafe\u0301", "Caf\u00e9"),
+        ("株式会社は㍿とも書く", "㍿", "㍿"),
+    ],
+)
+def test_locator_normalizes_whole_strings(text, needle, expected):
+    from spacy_giellm.align import StringLocator
+
+    hit = StringLocator(text).locate(needle)
+    assert hit is not None and text[hit[0] : hit[1]] == expected
+
+
+def test_locator_never_places_two_mentions_on_one_occurrence():
+    from spacy_giellm.align import StringLocator
+
+    text = "日本と日本と日本"
+    locator = StringLocator(text)
+    assert [locator.locate("日本") for _ in range(4)] == [(0, 2), (3, 5), (6, 8), None]
+    # the same under NFKC: two fullwidth-A mentions, one in the text
+    locator = StringLocator("ＡとB")
+    assert [locator.locate("A"), locator.locate("A")] == [(0, 1), None]
+    # a mention inside the previous one is still found; a new kind starts afresh
+    locator = StringLocator("東京大学")
+    assert [locator.locate("東京大学"), locator.locate("東京")] == [(0, 4), (0, 2)]
+    locator.prev = None
+    assert locator.locate("東京大学") == (0, 4)
