@@ -84,6 +84,9 @@ class Annotation:
     # Extra per-record fields a corpus carries (an id, a split); kept through
     # the JSONL reader and writer, left out of equality and of `to_dict`.
     meta: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Where a reader found it (`file:line`), so that a writer's error names
+    # the input; left out of equality and of `to_dict`.
+    source: Optional[str] = field(default=None, compare=False, repr=False)
 
     def word_keys(self) -> List[Tuple[str, ...]]:
         """Hashable word-level items for scoring, tagged with their kind."""

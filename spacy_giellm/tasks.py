@@ -224,15 +224,26 @@ def get_task(spec: Union[str, Task, Mapping[str, Any]]) -> Task:
     raise KeyError(f"unknown task {spec!r}; built-in tasks: {sorted(BUILTIN_TASKS)}, or a .json/.toml file")
 
 
+def task_named(name: str) -> Task:
+    """The built-in task `name`. For a task named in data: a name there is
+    never opened as a file (only the user gives a task file)."""
+    if name not in BUILTIN_TASKS:
+        raise KeyError(
+            f"unknown task {name!r}; built-in tasks: {sorted(BUILTIN_TASKS)} "
+            "(a task file is given by the user, e.g. --task, not named in the data)"
+        )
+    return BUILTIN_TASKS[name]
+
+
 def load_task_file(path: Union[str, Path]) -> Task:
     path = Path(path)
     try:
         if path.suffix == ".toml":
             import tomllib  # Python >= 3.11
 
-            data = tomllib.loads(path.read_text(encoding="utf8"))
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
         else:
-            data = json.loads(path.read_text(encoding="utf8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: cannot read task file: {err}") from err
     if not isinstance(data, dict):

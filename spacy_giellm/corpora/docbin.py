@@ -25,7 +25,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from ..annotation import Annotation, Mention, Relation
 from ..tasks import Task
-from .report import CorpusError, ReadReport, TaskSpec, resolve_task
+from ..util import atomic_path
+from .report import CorpusError, ReadReport, TaskSpec, annotation_problems, resolve_task, writer_where
 
 PathLike = Union[str, Path]
 
@@ -138,19 +139,15 @@ def write_docbin(
     """Write annotations to a `.spacy` DocBin (with user data). `nlp`
     tokenizes (default: one token per character). Returns the number
     written; lossy steps are counted in `report.warnings`."""
-    import os
-    import tempfile
-
     from spacy.tokens import DocBin
 
-    path = Path(path)
     report = report if report is not None else ReadReport(path=str(path))
     nlp = nlp if nlp is not None else char_nlp()
     cache: Dict[str, Task] = {}
     db = DocBin(store_user_data=True)
     written = 0
     for i, ann in enumerate(annotations, 1):
-        where = f"{path}: record {i}"
+        where = writer_where(ann, path, i)
         try:
             resolved = resolve_task(task, ann.task, where, cache) if (task or ann.task) else None
             db.add(annotation_to_doc(ann, nlp, resolved, report))
@@ -161,15 +158,8 @@ def write_docbin(
             report.fail(where, str(err), skip_errors)
             continue
         written += 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         db.to_disk(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     report.written += written
     return written
 
@@ -264,6 +254,9 @@ def read_docbin(
         try:
             resolved = resolve_task(task, doc.user_data.get((USER_DATA_KEY, "task")), where, cache)
             ann = doc_to_annotation(doc, resolved)
+            bad = annotation_problems(ann, resolved)
+            if bad:
+                raise CorpusError(f"{where}: {'; '.join(bad[:3])}")
         except CorpusError as err:
             report.skip(err, skip_errors)
             continue
@@ -271,4 +264,5 @@ def read_docbin(
             report.fail(where, f"cannot read the doc: {err!r}", skip_errors)
             continue
         report.task = report.task or resolved
+        ann.source = where
         yield ann

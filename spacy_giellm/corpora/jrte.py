@@ -10,7 +10,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 from ..annotation import Annotation
 from ..tasks import get_task
-from .report import ReadReport, TaskSpec
+from .report import ReadReport, TaskSpec, iter_lines
 
 PathLike = Union[str, Path]
 
@@ -31,36 +31,39 @@ def read_jrte_pn(
     resolved = get_task(task or "sentiment-ja")
     report.task = resolved
     splits = {split} if isinstance(split, str) else set(split) if split else None
-    with open(path, encoding="utf8", newline="") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            report.read += 1
-            where = f"{path}:{lineno}"
-            cols = line.split("\t")
-            if len(cols) != 5:
-                report.fail(where, f"expected 5 tab-separated columns (id, label, text, votes, split), got {len(cols)}", skip_errors)
-                continue
-            rid, label, text, votes, row_split = cols
-            if label.strip() not in PN_LABELS:
-                report.fail(where, f"label must be 1, 0 or -1, got {label!r}", skip_errors)
-                continue
-            if not text.strip() or not rid.strip():
-                report.fail(where, "empty id or text", skip_errors)
-                continue
-            try:
-                if not isinstance(json.loads(votes), dict):
-                    raise ValueError
-            except ValueError:
-                report.fail(where, f"votes must be a JSON object, got {votes[:40]!r}", skip_errors)
-                continue
-            if splits is not None and row_split not in splits:
-                report.filtered += 1
-                continue
-            yield Annotation(
-                text=text,
-                task=resolved.name,
-                label=PN_LABELS[label.strip()],
-                meta={"id": rid, "split": row_split},
-            )
+    for lineno, line, error in iter_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        report.read += 1
+        where = f"{path}:{lineno}"
+        if error is not None:
+            report.skip(error, skip_errors)
+            continue
+        cols = line.split("\t")
+        if len(cols) != 5:
+            report.fail(where, f"expected 5 tab-separated columns (id, label, text, votes, split), got {len(cols)}", skip_errors)
+            continue
+        rid, label, text, votes, row_split = cols
+        if label.strip() not in PN_LABELS:
+            report.fail(where, f"label must be 1, 0 or -1, got {label!r}", skip_errors)
+            continue
+        if not text.strip() or not rid.strip():
+            report.fail(where, "empty id or text", skip_errors)
+            continue
+        try:
+            if not isinstance(json.loads(votes), dict):
+                raise ValueError
+        except ValueError:
+            report.fail(where, f"votes must be a JSON object, got {votes[:40]!r}", skip_errors)
+            continue
+        if splits is not None and row_split not in splits:
+            report.filtered += 1
+            continue
+        yield Annotation(
+            text=text,
+            task=resolved.name,
+            label=PN_LABELS[label.strip()],
+            meta={"id": rid, "split": row_split},
+            source=where,
+        )

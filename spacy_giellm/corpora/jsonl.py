@@ -12,15 +12,23 @@ and `split`). Structured fields win over `output`; a record with only an
 `text` gets it back from `input`.
 """
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 from ..annotation import Annotation
 from ..format import parse_output, to_pair
 from ..tasks import Task
-from .report import CorpusError, ReadReport, TaskSpec, offset_problems, resolve_task
+from ..util import atomic_path
+from .report import (
+    CorpusError,
+    ReadReport,
+    TaskSpec,
+    annotation_problems,
+    iter_lines,
+    record_problems,
+    resolve_task,
+    writer_where,
+)
 
 PathLike = Union[str, Path]
 
@@ -30,12 +38,12 @@ STRUCTURED_FIELDS = ("label", "entities", "sentiments", "relations", "events")
 
 
 def iter_json_lines(path: PathLike) -> Iterator[Tuple[int, Any]]:
-    """(line number, parsed JSON) for every non-blank line. Raises
-    CorpusError naming the line for invalid JSON."""
-    with open(path, encoding="utf8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    """(line number, parsed JSON) for every non-blank line; for a line that
+    is not UTF-8 or not JSON, a CorpusError naming it instead."""
+    for lineno, line, error in iter_lines(path):
+        if error is not None:
+            yield lineno, error
+        elif line.strip():
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as err:
@@ -77,19 +85,19 @@ def annotation_from_record(
     meta = {k: v for k, v in record.items() if k not in CORE_FIELDS and k not in FORMAT_FIELDS}
     problems = 0
     if any(record.get(k) is not None for k in STRUCTURED_FIELDS):
-        try:
-            ann = Annotation.from_dict({**record, "text": text, "task": resolved.name})
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise CorpusError(f"{where}: malformed structured field: {err!r}") from err
+        bad = record_problems(record)
+        if bad:
+            raise CorpusError(f"{where}: malformed structured field: {'; '.join(bad[:3])}")
+        ann = Annotation.from_dict({**record, "text": text, "task": resolved.name})
         ann.instruction = instruction
         if instruction is not None and len(resolved.instructions) > 1:
             try:
                 resolved.word_level(instruction)
             except KeyError as err:
                 raise CorpusError(f"{where}: {err.args[0]}") from err
-        bad = offset_problems(ann)
+        bad = annotation_problems(ann, resolved)
         if bad:
-            raise CorpusError(f"{where}: offsets do not match the text: {'; '.join(bad[:3])}")
+            raise CorpusError(f"{where}: {'; '.join(bad[:3])}")
     elif record.get("output") is not None:
         parsed = parse_output(record["output"], resolved, text)
         if parsed.problems:
@@ -99,7 +107,7 @@ def annotation_from_record(
         ann = parsed.annotation
     else:
         ann = Annotation(text=text, task=resolved.name, instruction=instruction)
-    ann.meta = meta
+    ann.meta, ann.source = meta, where
     return ann, resolved, problems
 
 
@@ -159,31 +167,22 @@ def write_jsonl(
     Without `task`, each annotation's own (built-in) task is used. Returns
     the number written; an annotation the format cannot carry raises
     CorpusError (or is counted as skipped with `skip_errors`)."""
-    path = Path(path)
     report = report if report is not None else ReadReport(path=str(path))
     cache: Dict[str, Task] = {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     written = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf8") as f:
-            for i, ann in enumerate(annotations, 1):
-                where = f"{path}: record {i}"
-                try:
-                    resolved = resolve_task(task, ann.task, where, cache)
-                    record = annotation_record(ann, resolved)
-                except CorpusError as err:
-                    report.skip(err, skip_errors)
-                    continue
-                except ValueError as err:
-                    report.fail(where, f"cannot write {ann.text!r:.60}: {err}", skip_errors)
-                    continue
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                written += 1
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf8") as f:
+        for i, ann in enumerate(annotations, 1):
+            where = writer_where(ann, path, i)
+            try:
+                resolved = resolve_task(task, ann.task, where, cache)
+                record = annotation_record(ann, resolved)
+            except CorpusError as err:
+                report.skip(err, skip_errors)
+                continue
+            except ValueError as err:
+                report.fail(where, f"cannot write {ann.text!r:.60}: {err}", skip_errors)
+                continue
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            written += 1
     report.written += written
     return written

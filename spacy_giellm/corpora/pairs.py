@@ -13,9 +13,9 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 from ..annotation import Annotation
 from ..format import build_input, parse_output
-from ..tasks import Task, get_task
+from ..tasks import Task, get_task, task_named
 from .jsonl import iter_json_lines
-from .report import CorpusError, ReadReport, TaskSpec
+from .report import CorpusError, ReadReport, TaskSpec, iter_lines
 
 PathLike = Union[str, Path]
 Pair = Tuple[str, str, str]  # (where, input, output)
@@ -116,7 +116,7 @@ def tasks_from_gold(annotations: Iterable[Annotation], task: Optional[TaskSpec] 
     annotations = list(annotations)
     tasks: Dict[Any, Task] = {}
     for name in dict.fromkeys(a.task for a in annotations):
-        resolved = get_task(task if task is not None else name)
+        resolved = get_task(task) if task is not None else task_named(name)
         unknown = [wl.kind for wl in resolved.word_levels if not wl.labels]
         seen: Dict[str, Dict[str, None]] = {kind: {} for kind in unknown}
         for ann in annotations:
@@ -158,19 +158,33 @@ def _read_rows(
 
 def _csv_rows(path: Path) -> Iterator[Tuple[int, Any]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, encoding="utf8", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        try:
-            header = next(reader)
-        except StopIteration:
-            return
-        for row in reader:
-            lineno = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                yield lineno, CorpusError(f"{path}:{lineno}: {len(row)} columns, the header has {len(header)}")
-                continue
+    errors: Dict[int, CorpusError] = {}  # lines that are not UTF-8
+
+    def lines() -> Iterator[str]:
+        for lineno, line, error in iter_lines(path):
+            if error is not None:
+                errors[lineno] = error
+            yield line
+
+    reader = csv.reader(lines(), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    if errors:
+        raise next(iter(errors.values()))
+    first = reader.line_num + 1
+    for row in reader:
+        lineno, lines_read = first, range(first, reader.line_num + 1)
+        first = reader.line_num + 1
+        bad = [errors[n] for n in lines_read if n in errors]
+        if bad:
+            yield lineno, bad[0]
+        elif not any(cell.strip() for cell in row):
+            continue
+        elif len(row) != len(header):
+            yield lineno, CorpusError(f"{path}:{lineno}: {len(row)} columns, the header has {len(header)}")
+        else:
             yield lineno, dict(zip(header, row))
 
 
@@ -210,4 +224,5 @@ def read_pairs(
         if ann.instruction != iw:
             report.fail(where, f"the input asks for {iw!r} but the output answers {ann.instruction!r}", skip_errors)
             continue
+        ann.source = where
         yield ann

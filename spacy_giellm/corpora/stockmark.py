@@ -11,7 +11,7 @@ from typing import Any, Iterator, List, Optional, Union
 
 from ..annotation import Annotation, Mention
 from ..tasks import get_task
-from .report import ReadReport, TaskSpec
+from .report import ReadReport, TaskSpec, annotation_problems, read_text
 
 PathLike = Union[str, Path]
 
@@ -29,8 +29,7 @@ def read_stockmark_ner(
     resolved = get_task(task or "ner-ja")
     report.task = resolved
     try:
-        with open(path, encoding="utf8") as f:
-            data = json.load(f)
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})") from err
     if not isinstance(data, list):
@@ -40,10 +39,14 @@ def read_stockmark_ner(
         curid = record.get("curid") if isinstance(record, dict) else None
         where = f"{path}: record {index} (curid {curid})"
         problem, entities = _entities(record)
+        if not problem:
+            meta = {"curid": curid}
+            ann = Annotation(text=record["text"], task=resolved.name, entities=entities, meta=meta, source=where)
+            problem = "; ".join(annotation_problems(ann, resolved)[:3])
         if problem:
             report.fail(where, problem, skip_errors)
             continue
-        yield Annotation(text=record["text"], task=resolved.name, entities=entities, meta={"curid": curid})
+        yield ann
 
 
 def _entities(record: Any) -> "tuple[Optional[str], List[Mention]]":
