@@ -240,6 +240,17 @@ def test_stockmark_label_not_of_the_task(tmp_path):
         read_corpus("stockmark-ner", path)
 
 
+def test_docbin_label_not_of_the_task(tmp_path):
+    from spacy_giellm.annotation import Mention
+
+    path = tmp_path / "d.spacy"
+    write_docbin([Annotation(text="東京", task="ner-ja", entities=[Mention("FOO", "東京", 0, 2)])], path)
+    with pytest.raises(CorpusError, match=rf"^{path}: doc 0: entities\[0\]: label 'FOO'"):
+        read_corpus("docbin", path)
+    anns, report = read_corpus("docbin", path, skip_errors=True)
+    assert (report.read, report.skipped) == (1, 1)
+
+
 # 7: a writer's error names the input file and line
 
 
