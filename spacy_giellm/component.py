@@ -197,6 +197,12 @@ class GiellmComponent(Pipe):
             bind(self.task, self.instruction)
 
     @property
+    def _word_kind(self) -> Optional[str]:
+        """The word-level kind this pipe writes (None: text labels only)."""
+        level = self.task.word_level(self.instruction)
+        return level.kind if level is not None else None
+
+    @property
     def labels(self) -> Tuple[str, ...]:
         labels = list(self.task.text_labels)
         for wl in self.task.word_levels:
@@ -342,14 +348,17 @@ class GiellmComponent(Pipe):
         entity_spans = [sp for label, s, e in entities if (sp := maker.span(s, e, label)) is not None]
         sentiment_spans = [sp for label, s, e in sentiments if (sp := maker.span(s, e, label)) is not None]
         self.stats["misaligned"] += len(maker.misaligned)
-        if any(wl.kind == "entities" for wl in self.task.word_levels):
+        # Only the kind this pipe's instruction produces: a TCREE task has a
+        # relation and an event level, and a pipe for one must not wipe what
+        # another giellm pipe wrote for the other.
+        kind = self._word_kind
+        if kind == "entities":
             doc.spans[ENTITY_GROUP] = entity_spans
             doc.ents = self._merge_ents(doc, entity_spans)
-        if any(wl.kind == "sentiments" for wl in self.task.word_levels):
+        elif kind == "sentiments":
             doc.spans[SENTIMENT_GROUP] = sentiment_spans
-        for kind, records in tuples.items():
-            if any(wl.kind == kind for wl in self.task.word_levels):
-                doc.user_data[(_USER_DATA_KEY, kind)] = records
+        elif kind in tuples:
+            doc.user_data[(_USER_DATA_KEY, kind)] = tuples[kind]
         if self.store_output:
             doc._.giellm_output = {
                 "outputs": [output for _, _, output, _ in parts],

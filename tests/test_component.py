@@ -291,3 +291,23 @@ def test_two_giellm_pipes_share_doc_cats(fresh):
     cats = fresh(text).cats
     assert cats["positive"] == 1.0 and cats["neutral"] == 0.0
     assert cats["women"] == 1.0 and cats["IT"] == 0.0
+
+
+def test_relation_and_event_pipes_on_one_task_keep_each_others_records(fresh):
+    """`package` builds one pipe per instruction word of TCREE: the event pipe
+    must not wipe the relation pipe's records, nor the other way round."""
+    text = "トヨタは日産と提携し、2023年に東京で新車を発表した。"
+    tcree = get_task("tcree").with_labels(word_labels={"relations": ["提携"], "events": ["発表"]})
+    rel = Annotation(text=text, label="IT", instruction="Relation Extraction",
+                     relations=[Relation("提携", ("トヨタ", "日産"))])
+    ev = Annotation(text=text, label="IT", instruction="Event Extraction",
+                    events=[Relation("発表", ("トヨタ", "2023年", "東京"))])
+    ginza_ents = [(e.text, e.label_) for e in fresh(text).ents]
+    for name, instruction, ann in (("giellm_rel", "Relation Extraction", rel), ("giellm_ev", "Event Extraction", ev)):
+        _add(fresh, name, {build_input(text, tcree, instruction): render_output(ann, tcree)},
+             task=tcree.to_dict(), instruction=instruction)
+    doc = fresh(text)
+    assert [(r.label, [a.text for a in r.args]) for r in doc._.relations] == [("提携", ["トヨタ", "日産"])]
+    assert [(e.label, [a.text for a in e.args]) for e in doc._.events] == [("発表", ["トヨタ", "2023年", "東京"])]
+    # a task without an entity level leaves GiNZA's entities alone
+    assert [(e.text, e.label_) for e in doc.ents] == ginza_ents
