@@ -18,6 +18,7 @@ from spacy.util import ensure_path, filter_spans, minibatch
 
 from .align import SpanMaker, StringLocator, split_tokens_at
 from .annotation import Annotation, Mention, Relation
+from .backends.base import TokenCounting
 from .format import build_input, parse_output
 from .tasks import Task, get_task
 
@@ -223,6 +224,9 @@ class GiellmComponent(Pipe):
         for i, doc in enumerate(docs):
             if doc.text.strip():
                 units.extend((i, start, text) for start, text in self._chunks(doc))
+        skipped: Dict[int, str] = {}
+        if isinstance(self.backend, TokenCounting):
+            units = self._fit_to_context(docs, units, skipped)
         prompts = [build_input(text, self.task, self.instruction) for _, _, text in units]
         outputs = self._generate(prompts)
         scores = self._label_scores(prompts)
@@ -231,7 +235,19 @@ class GiellmComponent(Pipe):
             per_doc.setdefault(i, []).append((start, text, output, scores[k] if scores else None))
         problems_in_batch = 0
         for i, doc in enumerate(docs):
+            if i in skipped:
+                # returned as it came, with the reason where the output would be
+                doc._.giellm_output = {"skipped": skipped[i], "outputs": [], "problems": [],
+                                       "not_found": [], "misaligned": []}
+                continue
             problems_in_batch += self._annotate(doc, per_doc.get(i, []))
+        if skipped:
+            self.stats["skipped_docs"] += len(skipped)
+            logger.warning(
+                "giellm: %d of %d docs left unannotated (reason in doc._.giellm_output['skipped']): %s",
+                len(skipped), len(docs),
+                "; ".join(f"doc {i} ({docs[i].text[:20]!r}...): {why}" for i, why in sorted(skipped.items())),
+            )
         if problems_in_batch:
             logger.warning(
                 "giellm: %d malformed or unplaceable pieces in a batch of %d docs were dropped "
@@ -290,6 +306,56 @@ class GiellmComponent(Pipe):
         if last_end > start:
             chunks.append((start, last_end))
         return [(s, text[s:e]) for s, e in chunks if text[s:e].strip()]
+
+    def _fit_to_context(
+        self, docs: List[Doc], units: List[Tuple[int, int, str]], skipped: Dict[int, str]
+    ) -> List[Tuple[int, int, str]]:
+        """Cut the parts whose prompt the backend cannot take (by its own token
+        count: max_chars is only a first cut, and 1,000 emoji are 4,000
+        tokens) at sentence or token ends until they fit. A doc with a part
+        that no cut makes fit goes into `skipped` with the reason."""
+        limit = self.backend.max_prompt_tokens()
+        counts = self._prompt_tokens([text for _, _, text in units])
+        fitted: List[Tuple[int, int, str]] = []
+        for (i, start, text), n in zip(units, counts):
+            if n <= limit:
+                fitted.append((i, start, text))
+                continue
+            self.stats["token_splits"] += 1
+            parts = self._split_to_fit(docs[i], start, start + len(text), limit)
+            if parts is None:
+                skipped.setdefault(i, (
+                    f"a part of {len(text)} chars needs {n} prompt tokens, the backend takes {limit} "
+                    "(its context less max_new_tokens), and no sentence or token end splits it to fit"
+                ))
+            else:
+                fitted.extend((i, s, docs[i].text[s:e]) for s, e in parts)
+        return [u for u in fitted if u[0] not in skipped]
+
+    def _prompt_tokens(self, texts: List[str]) -> List[int]:
+        prompts = [build_input(t, self.task, self.instruction) for t in texts]
+        return self.backend.count_prompt_tokens(prompts)
+
+    def _split_to_fit(self, doc: Doc, start: int, end: int, limit: int) -> Optional[List[Tuple[int, int]]]:
+        """doc.text[start:end] halved (at the sentence end, else the token end,
+        nearest the middle) until every part's prompt fits; None if a single
+        token does not fit. Tokens are never cut: a mention could not be placed."""
+        cuts = []
+        if doc.has_annotation("SENT_START"):
+            cuts = [s.end_char for s in doc.sents if start < s.end_char < end]
+        if not cuts:
+            cuts = [t.idx + len(t.text) for t in doc if start < t.idx + len(t.text) < end]
+        if not cuts:
+            return None
+        mid = min(cuts, key=lambda c: abs(2 * c - start - end))
+        halves = [(a, b) for a, b in ((start, mid), (mid, end)) if doc.text[a:b].strip()]
+        parts: List[Tuple[int, int]] = []
+        for (a, b), n in zip(halves, self._prompt_tokens([doc.text[a:b] for a, b in halves])):
+            sub = [(a, b)] if n <= limit else self._split_to_fit(doc, a, b, limit)
+            if sub is None:
+                return None
+            parts.extend(sub)
+        return parts
 
     def _annotate(self, doc: Doc, parts: List[Tuple[int, str, str, Optional[Dict[str, float]]]]) -> int:
         problems: List[str] = []

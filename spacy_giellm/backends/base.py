@@ -16,6 +16,21 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class TokenCounting(Protocol):
+    """A backend that knows its prompt budget. The component uses it to split
+    a doc whose prompt would not fit, and to skip (and report) a doc that
+    cannot be split to fit, instead of failing the whole batch."""
+
+    def count_prompt_tokens(self, prompts: Sequence[str]) -> List[int]:
+        """Tokens each prompt takes, as `generate` feeds it (BOS included)."""
+        ...
+
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt that still leaves room for max_new_tokens."""
+        ...
+
+
 class LocalModelBackend:
     """What the in-process backends (transformers, llama.cpp) share: the task
     binding that constrained decoding needs, and label scoring around the

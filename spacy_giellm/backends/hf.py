@@ -282,6 +282,18 @@ class HFBackend(LocalModelBackend):
         """Number of tokens in `text` (prompts: keep add_special_tokens=True)."""
         return len(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
+    def count_prompt_tokens(self, prompts: Sequence[str]) -> List[int]:
+        return [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]] if prompts else []
+
+    def max_prompt_tokens(self) -> int:
+        """Positions the model was trained for, less max_new_tokens."""
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if not positions:  # e.g. a config without it: the tokenizer's limit, if it states one
+            positions = getattr(self.tokenizer, "model_max_length", None)
+        if not positions or positions > 1 << 40:  # transformers' "no limit" placeholder is 1e30
+            return 1 << 40
+        return int(positions) - self.max_new_tokens
+
     def decode(self, ids: Sequence[int]) -> str:
         """Decode generated ids the way `generate` does (special tokens dropped)."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)

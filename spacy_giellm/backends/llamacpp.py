@@ -234,6 +234,13 @@ class LlamaCppBackend(LocalModelBackend):
             return len(self.encode_prompt(text))
         return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
+    def count_prompt_tokens(self, prompts: Sequence[str]) -> List[int]:
+        return [len(self.encode_prompt(p)) for p in prompts]
+
+    def max_prompt_tokens(self) -> int:
+        # one sequence alone in the KV cache: its prompt and all its new tokens
+        return self.n_ctx - self.max_new_tokens
+
     def _piece(self, token: int) -> bytes:
         import llama_cpp
 
@@ -331,9 +338,10 @@ class LlamaCppBackend(LocalModelBackend):
             ids = self.encode_prompt(prompt)
             if not ids:
                 raise ValueError("giellm.LlamaCpp.v1: empty prompt and no BOS token to start from")
-            if len(ids) >= self.n_ctx:
+            if len(ids) > self.max_prompt_tokens():  # else its output would be cut short, silently
                 raise ValueError(
-                    f"giellm.LlamaCpp.v1: prompt of {len(ids)} tokens does not fit n_ctx={self.n_ctx}"
+                    f"giellm.LlamaCpp.v1: prompt of {len(ids)} tokens does not fit n_ctx={self.n_ctx} "
+                    f"with max_new_tokens={self.max_new_tokens} (raise n_ctx, or shorten the text)"
                 )
             tokens.append(ids)
         engine = self._engine(self.n_parallel)
