@@ -1,7 +1,9 @@
 """Bad inputs to the in-process backends: a doc whose prompt does not fit the
 model's context (split by token count, or skipped and reported, never the
-whole batch lost)."""
+whole batch lost), and corrupt model files (named, with what to do)."""
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import spacy
@@ -99,3 +101,24 @@ def test_llamacpp_refuses_a_prompt_without_room_for_max_new_tokens(tiny_gguf):
             backend.generate([prompt])
     finally:
         backend.close()
+
+
+# ------------------------------------------------------------ model files
+
+
+@pytest.mark.parametrize("damage", ["safetensors-header", "safetensors-truncated", "tokenizer-json"])
+def test_corrupt_model_file_is_named(tiny_model_dir, tmp_path, damage):
+    from spacy_giellm.backends.hf import make_hf_backend
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    if damage.startswith("safetensors"):
+        bad = model / "model.safetensors"
+        data = bad.read_bytes()
+        bad.write_bytes(b"\xff" * 16 + data[16:] if damage == "safetensors-header" else data[: len(data) // 2])
+    else:
+        bad = model / "tokenizer.json"
+        bad.write_text('{"version": "1.0", oops', encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        make_hf_backend(model=str(model), device="cpu").load()
+    assert str(bad) in str(err.value) and "download it again" in str(err.value)

@@ -15,6 +15,7 @@ the task comes from the giellm component (`bind_task`) or the `task` setting.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -75,6 +76,32 @@ def resolve_dtype(dtype: str, device: str):
     if key is None:
         raise ValueError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
     return getattr(torch, key)
+
+
+_JSON_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "adapter_config.json")
+
+
+def check_model_files(path: Path) -> None:
+    """Raise ValueError naming a corrupt weights or JSON file in a local model
+    (or adapter) directory: transformers reports these without the file's
+    name (a bare SafetensorError, or a JSON error)."""
+    advice = "re-export the model, or download it again"
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt"):  # reads and checks the header only
+                pass
+        except Exception as e:  # SafetensorError, or a truncated file's OSError
+            raise ValueError(f"giellm.HF.v1: {str(f)!r} is not a readable safetensors file ({e}): {advice}") from e
+    for name in _JSON_FILES:
+        f = path / name
+        if f.is_file():
+            try:
+                json.loads(f.read_text(encoding="utf-8"))
+            except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                raise ValueError(f"giellm.HF.v1: {str(f)!r} is not valid JSON ({e}): {advice}") from e
 
 
 class HFBackend(LocalModelBackend):
@@ -158,6 +185,8 @@ class HFBackend(LocalModelBackend):
                 raise FileNotFoundError(
                     f"giellm.HF.v1: {str(path)!r} is not a transformers model directory (no config.json)"
                 )
+            if path.is_dir():
+                check_model_files(path)
             return str(path)
         return name
 
@@ -181,6 +210,11 @@ class HFBackend(LocalModelBackend):
                 f"giellm.HF.v1: could not load the tokenizer for {where}"
                 + ("" if is_local else " (is the id right, and is the Hub reachable or the model cached?)")
                 + f": {e}"
+            ) from e
+        except Exception as e:  # a corrupt file the checks above do not know (tokenizer.model...)
+            raise ValueError(
+                f"giellm.HF.v1: could not load the tokenizer for {where} ({type(e).__name__}: {e}): "
+                "re-export the model, or download it again"
             ) from e
         kwargs: Dict[str, Any] = {
             "dtype": torch_dtype,
@@ -239,6 +273,7 @@ class HFBackend(LocalModelBackend):
                 raise FileNotFoundError(
                     f"giellm.HF.v1: {str(path)!r} is not a PEFT adapter directory (no adapter_config.json)"
                 )
+            check_model_files(path)
             return str(path)
         return self.adapter
 
