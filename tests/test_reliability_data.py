@@ -79,6 +79,10 @@ def test_stockmark_not_utf8_names_the_file_and_line(tmp_path):
         read_corpus("stockmark-ner", path, skip_errors=True)
     path.write_bytes(text.encode("utf-8-sig"))
     assert len(read_corpus("stockmark-ner", path)[0]) == 1
+    # with a BOM, the bad byte is still the one named
+    path.write_bytes("\ufeff".encode() + text.encode("shift_jis"))
+    with pytest.raises(CorpusError, match=rf"^{path}:4: not UTF-8 text \(byte 0x93, byte 12 of"):
+        read_corpus("stockmark-ner", path)
 
 
 def test_docbin_that_is_random_bytes_names_the_file(tmp_path):

@@ -71,9 +71,10 @@ class ReadReport:
         return "\n".join(lines)
 
 
-def not_utf8(path: Any, data: bytes, err: UnicodeDecodeError, first_line: int = 1) -> CorpusError:
-    """The error for `data` (read from `path`, starting at `first_line`)
-    that `err` could not decode, naming the line and column."""
+def not_utf8(path: Any, err: UnicodeDecodeError, first_line: int = 1) -> CorpusError:
+    """The error for bytes read from `path` (starting at `first_line`) that
+    `err` could not decode, naming the line and the byte."""
+    data = err.object
     line = first_line + data.count(b"\n", 0, err.start)
     column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
     return CorpusError(
@@ -93,7 +94,7 @@ def iter_lines(path: Any) -> Iterator[Tuple[int, str, Optional[CorpusError]]]:
             try:
                 line = raw.decode("utf8")
             except UnicodeDecodeError as err:
-                error = not_utf8(path, raw, err, lineno)
+                error = not_utf8(path, err, lineno)
                 line = raw.decode("utf8", errors="replace")
             if lineno == 1 and line.startswith("\ufeff"):
                 line = line[1:]
@@ -107,7 +108,7 @@ def read_text(path: Any) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise not_utf8(path, data, err) from None
+        raise not_utf8(path, err) from None
 
 
 def writer_where(ann: Annotation, path: Any, i: int) -> str:
