@@ -167,15 +167,19 @@ def package_cli(
     name: str = typer.Option("giellm", "--name", help="Package name (meta.json)"),
     version: str = typer.Option("0.0.0", "--version"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    force: bool = typer.Option(
+        False, "--force", help="Replace OUTPUT_DIR if it holds a pipeline this command wrote (nothing else is ever replaced)"
+    ),
 ) -> None:
     """Write a pipeline dir (ja_ginza + `giellm` components on the GGUF) that
-    `python -m spacy package` turns into an installable package."""
+    `python -m spacy package` turns into an installable package. OUTPUT_DIR
+    must be new or empty (or, with --force, a pipeline written by this command)."""
     with fail_cleanly():
         from .training.export import package_pipeline, tasks_of
 
         _echo_json(package_pipeline(
             gguf, output_dir, tasks_of(data), base=base, name=name, version=version,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max_new_tokens, force=force,
         ))
 
 

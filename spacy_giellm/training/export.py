@@ -6,8 +6,10 @@ The GGUF conversion itself is llama.cpp's (`training.gguf_export`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -147,9 +149,14 @@ def package_pipeline(
     version: str = "0.0.0",
     max_new_tokens: int = 256,
     meta: Optional[Dict[str, Any]] = None,
+    force: bool = False,
 ) -> Dict[str, Any]:
     """Write `base` + one `giellm` component per task (all on the GGUF) to
     `out_dir`, a directory `spacy package` turns into an installable package.
+
+    `out_dir` must be new or empty; with `force`, it may also be a pipeline
+    this function wrote before, which is then replaced. Anything else is
+    refused (FileExistsError) before the pipeline is built.
 
     The components keep the GGUF's absolute path (the component does not
     copy weights into the pipeline directory), so the package works where
@@ -160,6 +167,8 @@ def package_pipeline(
     gguf = Path(gguf).resolve()
     if not gguf.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf}")
+    out = Path(os.path.abspath(out_dir))  # "." has no name to put a sibling beside
+    _check_replaceable(out, force)  # before anything is built
     from ..backends.gguf_check import validate_gguf
 
     n_ctx = int(validate_gguf(gguf).get("context_length") or 2048)
@@ -184,13 +193,74 @@ def package_pipeline(
     nlp.meta["requirements"] = list(nlp.meta.get("requirements", [])) + ["spacy-giellm", "llama-cpp-python"]
     if meta:
         nlp.meta.setdefault("giellm", {}).update(meta)
-    out = Path(out_dir)
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    nlp.to_disk(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    # Written beside OUT and swapped in whole: OUT is never half-written, and
+    # nothing but a pipeline this function wrote is ever removed.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()  # exclusive, with the umask's permissions
+    try:
+        nlp.to_disk(tmp)
+        meta_path = tmp / "meta.json"
+        written = json.loads(meta_path.read_text(encoding="utf8"))
+        written[_PACKAGE_MARK] = {"written_by": "spacy_giellm package", "files": sorted(os.listdir(tmp))}
+        meta_path.write_text(json.dumps(written, ensure_ascii=False, indent=2), encoding="utf8")
+        if out.exists():
+            old = tmp.with_suffix(".old")
+            out.rename(old)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                old.rename(out)
+                raise
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return {"pipeline": str(out), "components": names, "gguf": str(gguf), "base": base}
+
+
+_PACKAGE_MARK = "giellm_package"  # meta.json key: who wrote the directory, and which entries
+
+
+def _check_replaceable(out: Path, force: bool) -> None:
+    """Refuse an OUT whose contents `package_pipeline` did not write: a
+    non-empty OUT needs `force`, and even then only a pipeline this function
+    wrote (its meta.json says so and lists every entry) is replaced."""
+    if out.is_symlink():  # swapping would replace the link, not what it points to
+        raise FileExistsError(f"package: {str(out)!r} is a symbolic link: give the directory itself")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"package: {str(out)!r} exists and is not a directory")
+    entries = sorted(os.listdir(out))
+    if not entries:
+        return
+    if not force:
+        raise FileExistsError(
+            f"package: {str(out)!r} is not empty: refusing to overwrite it. Choose a new directory, "
+            "or pass --force to replace a pipeline that `package` wrote there"
+        )
+    here, target = Path.cwd().resolve(), out.resolve()
+    if here == target or target in here.parents:
+        raise FileExistsError(f"package: {str(out)!r} is (or holds) the current directory: refusing to replace it")
+    try:
+        mark = json.loads((out / "meta.json").read_text(encoding="utf8")).get(_PACKAGE_MARK) or {}
+    except (OSError, ValueError, AttributeError):
+        mark = {}
+    if mark.get("written_by") != "spacy_giellm package":
+        raise FileExistsError(
+            f"package: {str(out)!r} is not a pipeline written by `package` (no {_PACKAGE_MARK!r} in its "
+            "meta.json): refusing to replace it, even with --force. Choose a new directory"
+        )
+    foreign = [e for e in entries if e not in set(mark.get("files") or ())]
+    if foreign:
+        raise FileExistsError(
+            f"package: {str(out)!r} holds files `package` did not write ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}): refusing to replace it, even with --force. "
+            "Move them away or choose a new directory"
+        )
 
 
 def annotate(pipeline: PathLike, texts: Sequence[str]) -> List[Dict[str, Any]]:

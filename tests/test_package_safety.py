@@ -1,0 +1,85 @@
+"""`python -m spacy_giellm package` never deletes what it did not write: a
+non-empty OUT needs --force, and --force replaces only a pipeline that
+`package` wrote. (It used to empty OUT first: with OUT = "." the current
+directory's files, input data included.)"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import spacy
+from typer.testing import CliRunner
+
+from spacy_giellm.cli import app
+
+pytestmark = pytest.mark.slow
+
+ASSETS = Path(__file__).parent.parent / "assets"
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_gguf, tmp_path_factory):
+    """A small base pipeline (no GiNZA: fast) and TCREE data, whose two
+    instruction words make two giellm pipes."""
+    d = tmp_path_factory.mktemp("package")
+    base = d / "base"
+    spacy.blank("xx").to_disk(base)
+    data = d / "tcree.jsonl"
+    result = run("convert", "pairs", ASSETS / "tcree-sample.jsonl", data, "--task", "tcree")
+    assert result.exit_code == 0, result.output
+    return {"gguf": tiny_gguf, "base": base, "data": data}
+
+
+def package(setup, out, *extra):
+    return run("package", setup["gguf"], out, "--data", setup["data"], "--base", setup["base"], *extra)
+
+
+def test_new_dir_then_force_replaces_only_our_pipeline(setup, tmp_path):
+    out = tmp_path / "pipeline"
+    assert package(setup, out).exit_code == 0
+    meta = json.loads((out / "meta.json").read_text(encoding="utf8"))
+    assert meta["giellm_package"]["written_by"] == "spacy_giellm package"
+    assert sorted(p for p in spacy.load(out).pipe_names if p.startswith("giellm")) == [
+        "giellm_tcree_event", "giellm_tcree_relation"
+    ]
+
+    result = package(setup, out)  # again, without --force
+    assert result.exit_code == 1 and "not empty" in result.output and "--force" in result.output
+    (out / "config.cfg").write_text("marker", encoding="utf8")
+    assert package(setup, out, "--force").exit_code == 0
+    assert (out / "config.cfg").read_text(encoding="utf8") != "marker"  # replaced
+    assert [p.name for p in tmp_path.iterdir()] == ["pipeline"]  # no temp dirs left beside it
+
+    (out / "notes.txt").write_text("mine", encoding="utf8")  # a user file inside our pipeline
+    result = package(setup, out, "--force")
+    assert result.exit_code == 1 and "notes.txt" in result.output
+    assert (out / "notes.txt").read_text(encoding="utf8") == "mine"
+
+
+def test_a_directory_with_user_files_survives_even_with_force(setup, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.txt").write_text("years of work", encoding="utf8")
+    for extra in ((), ("--force",)):
+        result = package(setup, out, *extra)
+        assert result.exit_code == 1, result.output
+        assert str(out) in result.output
+        assert [p.name for p in out.iterdir()] == ["thesis.txt"]
+        assert (out / "thesis.txt").read_text(encoding="utf8") == "years of work"
+
+
+def test_current_directory_is_refused(setup, tmp_path, monkeypatch):
+    """The reported case: OUT = "." with the input data in it."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "D.jsonl"
+    data.write_bytes(Path(setup["data"]).read_bytes())
+    for extra in ((), ("--force",)):
+        result = run("package", setup["gguf"], ".", "--data", "D.jsonl", "--base", setup["base"], *extra)
+        assert result.exit_code == 1, result.output
+        assert [p.name for p in tmp_path.iterdir()] == ["D.jsonl"]
