@@ -103,3 +103,16 @@ def test_array_length_past_the_end_names_the_key(tiny_gguf, tmp_path, count):
     del reader
     with pytest.raises(ValueError, match=r"long-array\.gguf.*tokenizer\.ggml\.tokens: an array of \d+ strings"):
         validate_gguf(path)
+
+
+def test_tiny_gemma3_validates_and_its_bad_headers_do_not(tiny_gemma_gguf, tmp_path):
+    """Gemma 3 keys (gemma3.*; key_length * head_count is not the width) pass;
+    the same checks still catch a broken value."""
+    from spacy_giellm.backends.gguf_check import validate_gguf
+
+    assert validate_gguf(tiny_gemma_gguf)["architecture"] == "gemma3"
+    for values, key in (({"attention.layer_norm_rms_epsilon": float("nan")}, "gemma3.attention.layer_norm_rms_epsilon"),
+                        ({"block_count": 0}, "gemma3.block_count")):
+        bad = _patched(Path(tiny_gemma_gguf), tmp_path / "bad-gemma3.gguf", values)
+        with pytest.raises(ValueError, match=rf"bad-gemma3\.gguf.*{key}"):
+            validate_gguf(bad)
