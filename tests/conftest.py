@@ -64,15 +64,37 @@ def tiny_model_dir(tmp_path_factory):
     return build_tiny_llama(out, TINY_TEXTS, user_symbols=GIELLM_USER_SYMBOLS, **TINY_MODEL_KWARGS)
 
 
-@pytest.fixture(scope="session")
-def tiny_gguf(tiny_model_dir, tmp_path_factory):
-    """The tiny model converted to an f32 GGUF with llama.cpp's converter."""
+def _gguf_or_skip(model_dir, out):
+    """`model_dir` converted to an f32 GGUF with llama.cpp's converter."""
     pytest.importorskip("llama_cpp")
     pytest.importorskip("gguf")
     from spacy_giellm.training.gguf_export import ConverterNotFoundError, convert_to_gguf
 
-    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny-f32.gguf"
     try:
-        return convert_to_gguf(tiny_model_dir, out, outtype="f32")
+        return convert_to_gguf(model_dir, out, outtype="f32")
     except ConverterNotFoundError as e:  # offline and nothing cached
         pytest.skip(f"llama.cpp converter unavailable: {e}")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir, tmp_path_factory):
+    """The tiny model converted to an f32 GGUF with llama.cpp's converter."""
+    return _gguf_or_skip(tiny_model_dir, tmp_path_factory.mktemp("tiny-gguf") / "tiny-f32.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_dir(tmp_path_factory):
+    """A tiny random Gemma 3 (the pretrained base's architecture) + tokenizer."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
+    from spacy_giellm.training.tiny import build_tiny_gemma3
+
+    out = tmp_path_factory.mktemp("tiny-gemma3")
+    return build_tiny_gemma3(out, TINY_TEXTS, user_symbols=GIELLM_USER_SYMBOLS, vocab_size=1000, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_gguf(tiny_gemma_dir, tmp_path_factory):
+    """The tiny Gemma 3 as a GGUF, the form the real base model comes in."""
+    return _gguf_or_skip(tiny_gemma_dir, tmp_path_factory.mktemp("tiny-gemma3-gguf") / "tiny-gemma3-f32.gguf")

@@ -206,8 +206,75 @@ def build_tiny_llama(
     `Path(out_dir)`, which `AutoTokenizer` / `AutoModelForCausalLM` and
     llama.cpp's `convert_hf_to_gguf.py` can all read.
     """
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    def make(n_vocab: int):
+        return LlamaForCausalLM(LlamaConfig(
+            **_shape(n_vocab, hidden_size, intermediate_size, num_layers, num_heads, max_position_embeddings, init_std),
+            num_key_value_heads=num_kv_heads or num_heads,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+        ))
+
+    return _build_tiny(out_dir, texts, vocab_size, user_symbols, check_texts, make, seed, init_std)
+
+
+def build_tiny_gemma3(
+    out_dir: PathLike,
+    texts: Iterable[str],
+    vocab_size: int = 1000,
+    hidden_size: int = 64,
+    num_layers: int = 6,
+    num_heads: int = 4,
+    num_kv_heads: int = 1,
+    head_dim: int = 16,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 512,
+    seed: int = 0,
+    *,
+    user_symbols: Sequence[str] = (),
+    init_std: float = 0.05,
+    check_texts: Optional[Sequence[str]] = None,
+) -> Path:
+    """A random-weight Gemma 3 text model of Gemma 3 270M's architecture
+    (tied embeddings, sliding-window + global layers, query-key norms, head
+    size independent of the width), tiny: the offline stand-in for the
+    pretrained base in tests. Same tokenizer and init as `build_tiny_llama`,
+    with a smaller `init_std`: Gemma scales embeddings by sqrt(width) and ties
+    the head to them, so at 0.2 a random model repeats one token forever."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    # Every 6th layer global, the rest sliding-window, as in the real model
+    # (and as llama.cpp and transformers' GGUF reader assume for gemma3).
+    layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(num_layers)]
+
+    def make(n_vocab: int):
+        return Gemma3ForCausalLM(Gemma3TextConfig(
+            **_shape(n_vocab, hidden_size, intermediate_size, num_layers, num_heads, max_position_embeddings, init_std),
+            num_key_value_heads=num_kv_heads,
+            head_dim=head_dim,
+            query_pre_attn_scalar=head_dim,
+            sliding_window=32,
+            layer_types=layer_types,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+        ))
+
+    return _build_tiny(out_dir, texts, vocab_size, user_symbols, check_texts, make, seed, init_std)
+
+
+def _shape(n_vocab, hidden, intermediate, layers, heads, max_positions, init_std) -> dict:
+    """Config fields both tiny architectures share (special ids: the tokenizer's)."""
+    return dict(
+        vocab_size=n_vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=max_positions, initializer_range=init_std,
+        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+    )
+
+
+def _build_tiny(out_dir, texts, vocab_size, user_symbols, check_texts, make_model, seed, init_std) -> Path:
+    import torch
 
     texts = _clean_texts(texts)
     out = Path(out_dir)
@@ -216,31 +283,17 @@ def build_tiny_llama(
     tok = load_llama_tokenizer(out)
     _check_tokenizer(tok, spm_path, list(check_texts) if check_texts is not None else texts[:20])
 
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads or num_heads,
-        max_position_embeddings=max_position_embeddings,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        initializer_range=init_std,
-        tie_word_embeddings=False,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID,
-    )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = make_model(len(tok))
     # Re-initialise explicitly (seeded) rather than rely on the library's init
-    # order, which changes between transformers versions.
+    # order, which changes between transformers versions. Norm weights: 1 for
+    # Llama's x * w, 0 for Gemma's x * (1 + w).
+    gemma_norms = model.config.model_type.startswith("gemma")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
+            if "norm" in name.rsplit(".", 2)[-2]:
+                p.fill_(0.0 if gemma_norms else 1.0)
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * init_std)
     model.generation_config.bos_token_id = BOS_ID
@@ -289,4 +342,4 @@ def _fix_tokenizer_config(out: Path) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["train_sentencepiece", "build_tiny_llama", "load_llama_tokenizer"]
+__all__ = ["train_sentencepiece", "build_tiny_llama", "build_tiny_gemma3", "load_llama_tokenizer"]

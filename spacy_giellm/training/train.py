@@ -26,7 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from .base_model import BaseModelNotFound, resolve_base_model
 from .data import PadCollator, TrainingDataError, read_records, tokenize_records
+from .loss import output_token_trainer
 
 PathLike = Union[str, Path]
 MODEL_DIR = "model"
@@ -40,10 +42,6 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
 )
-
-
-class BaseModelNotFound(FileNotFoundError):
-    pass
 
 
 @dataclass
@@ -69,6 +67,9 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # Apply the LM head only where the loss looks (training.loss); False runs
+    # the model's own forward (full-vocabulary logits at every position).
+    output_token_loss: bool = True
     epochs: float = 3.0
     max_steps: int = -1
     # Seconds of training in this run (0: no limit); with a budget the
@@ -93,39 +94,7 @@ class TrainConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 
-# --- base model -------------------------------------------------------------
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def check_base_model(name: Optional[str]) -> str:
-    """Fail early and clearly if the base model cannot be found.
-
-    A local directory needs a config.json; anything that looks like a path
-    but does not exist is an error without asking the hub; a hub id is
-    resolved through `AutoConfig` (cache first) and its error is rewrapped.
-    """
-    if not name:
-        raise BaseModelNotFound("no base model given: pass a hub id or a local path, or use from_scratch")
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise BaseModelNotFound(f"base model directory {path} has no config.json")
-        return str(path)
-    if _looks_like_path(name):
-        raise BaseModelNotFound(f"base model path not found: {name}")
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(name)
-    except Exception as err:  # OSError, hub errors, offline mode
-        raise BaseModelNotFound(
-            f"base model {name!r} is neither a local directory nor a hub model this machine can "
-            f"load ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        ) from err
-    return name
+# --- from-scratch base ------------------------------------------------------
 
 
 def format_markers(tasks: Iterable[str]) -> List[str]:
@@ -133,12 +102,12 @@ def format_markers(tasks: Iterable[str]) -> List[str]:
     tokenizer: `<label>`, `:Label;`, one-word instruction words. Pieces with
     whitespace are left out: SentencePiece and the HF tokenizer disagree on
     user-defined symbols holding a space."""
-    from ..tasks import get_task
+    from ..tasks import task_named
 
     out: List[str] = []
     for name in tasks:
         try:
-            task = get_task(name)
+            task = task_named(name)  # a name from data, never a file path
         except (KeyError, FileNotFoundError, ValueError):
             continue
         out.extend(f"<{label}>" for label in task.text_labels)
@@ -348,7 +317,7 @@ def train(
     if cfg.tasks and dev_records:
         dev_records = [r for r in dev_records if r.get("task") in set(cfg.tasks)]
     if not cfg.from_scratch:
-        base = check_base_model(cfg.base_model)
+        base = resolve_base_model(cfg.base_model)
 
     import torch
     from transformers import (
@@ -399,7 +368,10 @@ def train(
                 r=cfg.lora_r,
                 lora_alpha=cfg.lora_alpha,
                 lora_dropout=cfg.lora_dropout,
-                target_modules=list(cfg.lora_target_modules),
+                # PEFT takes "all-linear" as a string, not as a module name.
+                target_modules=(
+                    "all-linear" if list(cfg.lora_target_modules) == ["all-linear"] else list(cfg.lora_target_modules)
+                ),
                 task_type="CAUSAL_LM",
             ),
         )
@@ -439,11 +411,11 @@ def train(
     callbacks = []
     if has_dev and cfg.patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))
-    trainer_cls = Trainer
+    trainer_cls = output_token_trainer(Trainer) if cfg.output_token_loss else Trainer
     if cfg.max_time > 0:
         clock = _clock(cfg.time_clock)
         callbacks.append(_time_limit_callback(cfg.max_time, clock))
-        trainer_cls = _time_budget_trainer(Trainer, cfg.max_time, cfg.warmup, cfg.max_steps, clock)
+        trainer_cls = _time_budget_trainer(trainer_cls, cfg.max_time, cfg.warmup, cfg.max_steps, clock)
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -475,6 +447,7 @@ def train(
             "model": str(final),
             "kind": "lora-adapter" if mode == "lora" else "full-model",
             "base_model": base if not cfg.from_scratch else f"from-scratch:{base}",
+            "base_model_given": cfg.base_model,
             "mode": mode,
             "parameters": n_params,
             "trainable_parameters": n_trainable,
@@ -519,7 +492,7 @@ __all__ = [
     "TinyModelConfig",
     "BaseModelNotFound",
     "TrainingDataError",
-    "check_base_model",
+    "resolve_base_model",
     "train",
     "atomic_save",
     "write_json_atomic",
