@@ -35,6 +35,7 @@ def train_cli(
     lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
     lora_targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj", "--lora-targets", help="Comma-separated module names, or all-linear"),
     full_logits: bool = typer.Option(False, "--full-logits", help="Compute the LM head at every position, as the model's own forward does (slower; for comparison)"),
+    precision: str = typer.Option("auto", "--precision", help="CPU LoRA: base weights in bf16 where the CPU has native bf16 matmuls (auto), always (bf16) or never (fp32)"),
     epochs: float = typer.Option(3.0, "--epochs"),
     max_steps: int = typer.Option(-1, "--max-steps", help="Overrides --epochs when > 0"),
     max_time: float = typer.Option(0.0, "--max-time", help="Stop after this many seconds of training (0: no limit); the LR follows a cosine over them"),
@@ -68,7 +69,7 @@ def train_cli(
         cfg = TrainConfig(
             base_model=base_model, from_scratch=from_scratch, full=full, tasks=tuple(_csv(tasks)),
             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            lora_target_modules=tuple(_csv(lora_targets)), output_token_loss=not full_logits, epochs=epochs, max_steps=max_steps,
+            lora_target_modules=tuple(_csv(lora_targets)), output_token_loss=not full_logits, precision=precision, epochs=epochs, max_steps=max_steps,
             max_time=max_time, time_clock=time_clock, learning_rate=lr, warmup=warmup, batch_size=batch_size,
             grad_accum=grad_accum, max_length=max_length, eval_steps=eval_steps, patience=patience,
             seed=seed,
@@ -96,6 +97,7 @@ def evaluate_model_cli(
     batch_size: int = typer.Option(16, "--batch-size"),
     limit: int = typer.Option(0, "--limit", help="At most N records per task (0: all)"),
     title: str = typer.Option("", "--title"),
+    constrained: bool = typer.Option(False, "--constrained", help="Constrained decoding (well-formed outputs only)"),
 ) -> None:
     """Run a trained model through the `giellm` component on held-out data;
     TL / WL / ALL accuracy and P/R/F per task (the paper's Table 1)."""
@@ -104,7 +106,7 @@ def evaluate_model_cli(
 
         metrics = evaluate(
             model, data, output_dir, nlp_base=nlp_base, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, limit=limit, title=title,
+            batch_size=batch_size, limit=limit, title=title, constrained=constrained,
         )
         typer.echo(markdown_table(metrics))
         typer.echo(markdown_table(metrics, level="pipeline").split("\n", 2)[2])

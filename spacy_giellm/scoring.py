@@ -86,6 +86,39 @@ def score_annotations(pairs: Iterable[Tuple[Annotation, Annotation]]) -> Dict[st
 SCORE_KEYS = ("tl_acc", "wl_acc", "all_acc", "tl_p", "tl_r", "tl_f", "wl_p", "wl_r", "wl_f")
 
 
+def calibration(pairs: Iterable[Tuple[Optional[str], Dict[str, float]]], n_bins: int = 10) -> Dict[str, Any]:
+    """How well text-label probabilities (`doc.cats`) are calibrated, from
+    (gold label, cats) pairs: expected calibration error over `n_bins`
+    equal-width bins of the top probability (|accuracy - confidence| per
+    bin, weighted by its share), the top label's accuracy, mean confidence.
+    Pairs without a gold label or without cats are left out and counted."""
+    rows = []
+    left_out = 0
+    for gold, cats in pairs:
+        if gold is None or not cats:
+            left_out += 1
+            continue
+        top = max(cats, key=cats.get)
+        rows.append((float(cats[top]), top == gold))
+    if not rows:
+        return {"n": 0, "left_out": left_out, "ece": None, "accuracy": None, "confidence": None}
+    bins: Dict[int, List[Tuple[float, bool]]] = {}
+    for conf, ok in rows:
+        bins.setdefault(min(int(conf * n_bins), n_bins - 1), []).append((conf, ok))
+    ece = sum(
+        len(b) / len(rows) * abs(sum(ok for _, ok in b) / len(b) - sum(c for c, _ in b) / len(b))
+        for b in bins.values()
+    )
+    return {
+        "n": len(rows),
+        "left_out": left_out,
+        "ece": ece,
+        "accuracy": sum(ok for _, ok in rows) / len(rows),
+        "confidence": sum(c for c, _ in rows) / len(rows),
+        "bins": n_bins,
+    }
+
+
 def format_scores(scores: Dict[str, Any]) -> List[Tuple[str, str]]:
     """(metric, value in %) rows for printing; metrics that do not apply show '-'."""
     return [

@@ -84,3 +84,26 @@ def test_gold_against_itself_is_100_everywhere():
 def test_format_scores_marks_missing_levels():
     rows = dict(format_scores(score_annotations([(ann(ents=[TOKYO]), ann(ents=[TOKYO]))])))
     assert rows["tl_acc"] == "-" and rows["wl_f"] == "100.00"
+
+
+def test_calibration_error_of_label_probabilities():
+    from spacy_giellm.scoring import calibration
+
+    # Two confident right answers (0.9), two confident wrong ones (0.9):
+    # accuracy 0.5 at confidence 0.9 -> ECE 0.4. One pair without gold.
+    pairs = [
+        ("positive", {"positive": 0.9, "negative": 0.1}),
+        ("negative", {"positive": 0.1, "negative": 0.9}),
+        ("negative", {"positive": 0.9, "negative": 0.1}),
+        ("positive", {"positive": 0.1, "negative": 0.9}),
+        (None, {"positive": 0.5, "negative": 0.5}),
+    ]
+    cal = calibration(pairs)
+    assert cal["n"] == 4 and cal["left_out"] == 1
+    assert cal["accuracy"] == 0.5 and abs(cal["ece"] - 0.4) < 1e-9
+    # Bin [0.5, 0.6): one right and one wrong at 0.55 (|0.5 - 0.55| on 2/3
+    # of the rows); bin [0.9, 1]: right at 1.0 (no error).
+    rows = [("a", {"a": 1.0, "b": 0.0}), ("a", {"a": 0.55, "b": 0.45}), ("a", {"a": 0.45, "b": 0.55})]
+    cal = calibration(rows)
+    assert abs(cal["ece"] - (2 / 3) * 0.05) < 1e-9
+    assert calibration([])["ece"] is None

@@ -196,3 +196,16 @@ def test_ginza_vectors_initialise_embeddings(tmp_path, tiny_model_dir):
     changed = int((before != after).any(dim=1).sum())
     assert info["used"] and changed == info["pieces_with_vectors"] > 64
     assert torch.isfinite(after).all()
+
+
+def test_bf16_base_only_for_cpu_lora():
+    from spacy_giellm.training.train import _bf16_base
+
+    assert _bf16_base("bf16", cuda=False, cuda_bf16=False, mode="lora")
+    assert not _bf16_base("fp32", cuda=False, cuda_bf16=False, mode="lora")
+    # Full / from-scratch training updates every weight: never bf16 weights.
+    assert not _bf16_base("bf16", cuda=False, cuda_bf16=False, mode="full")
+    with pytest.raises(ValueError, match="precision"):
+        _bf16_base("fp16", cuda=False, cuda_bf16=False, mode="lora")
+    with pytest.raises(ValueError, match="precision"):
+        train(ASSETS / "tcree-sample.jsonl", None, "unused", TrainConfig(from_scratch=True, precision="half"))

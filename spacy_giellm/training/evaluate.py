@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..annotation import Annotation
 from ..format import parse_output
-from ..scoring import score_annotations
+from ..scoring import calibration, score_annotations
 from ..tasks import Task
 
 PathLike = Union[str, Path]
@@ -32,6 +32,7 @@ def backend_config(
     max_new_tokens: int = 256,
     batch_size: int = 16,
     n_ctx: int = 2048,
+    constrained: bool = False,
 ) -> Dict[str, Any]:
     """The `@giellm_backends` block for a trained model: a .gguf file ->
     giellm.LlamaCpp.v1; a LoRA adapter dir -> giellm.HF.v1 on its base model
@@ -43,12 +44,14 @@ def backend_config(
             "model_path": str(path.resolve()),
             "max_new_tokens": max_new_tokens,
             "n_ctx": n_ctx,
+            "constrained": constrained,
         }
     cfg: Dict[str, Any] = {
         "@giellm_backends": "giellm.HF.v1",
         "model": str(path.resolve()) if path.exists() else str(model),
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
+        "constrained": constrained,
     }
     adapter_cfg = path / "adapter_config.json"
     if adapter_cfg.is_file():
@@ -131,6 +134,7 @@ def evaluate(
     limit: int = 0,
     title: str = "",
     predictions: bool = True,
+    constrained: bool = False,
 ) -> Dict[str, Any]:
     """Score `model` (HF dir, LoRA adapter dir or .gguf) on held-out `data`;
     writes metrics.json, metrics.md and (optionally) predictions.jsonl to
@@ -140,7 +144,7 @@ def evaluate(
     groups = load_gold(data)
     if limit:
         groups = {k: (t, anns[:limit]) for k, (t, anns) in groups.items()}
-    backend_cfg = backend_config(model, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    backend_cfg = backend_config(model, max_new_tokens=max_new_tokens, batch_size=batch_size, constrained=constrained)
     nlp = make_nlp(nlp_base)
     results: Dict[str, Any] = {}
     all_model: List[Tuple[Annotation, Annotation]] = []
@@ -157,17 +161,19 @@ def evaluate(
         t_group = time.time()
         docs = list(nlp.pipe([g.text or "" for g in golds]))
         nlp.remove_pipe(name)
-        model_pairs, pipe_pairs = [], []
+        model_pairs, pipe_pairs, cats_pairs = [], [], []
         for gold, doc in zip(golds, docs):
             outputs = (doc._.giellm_output or {}).get("outputs", [])
             raw = "".join(outputs)
             parsed = parse_output(raw, task, gold.text)
             model_pairs.append((gold, parsed.annotation))
             pipe_pairs.append((gold, annotation_from_doc(doc, task)))
+            cats = {k: v for k, v in doc.cats.items() if k in task.text_labels}
+            cats_pairs.append((gold.label, cats))
             if predictions:
                 rows_out.append({
                     "task": task.name, "instruction": key[1], "text": gold.text, "output": raw,
-                    "problems": parsed.problems,
+                    "problems": parsed.problems, "cats": cats,
                 })
         all_model += model_pairs
         all_pipe += pipe_pairs
@@ -177,6 +183,8 @@ def evaluate(
             "model": score_annotations(model_pairs),
             "pipeline": score_annotations(pipe_pairs),
         }
+        if task.text_labels:
+            results[_group_name(key)]["calibration"] = calibration(cats_pairs)
     if len(groups) > 1:
         results["ALL"] = {
             "sequences": len(all_model),
