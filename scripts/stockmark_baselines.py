@@ -2,13 +2,17 @@
 (`scoring.score_annotations`: (label, string) multisets per sentence).
 
     python scripts/stockmark_baselines.py ginza TEST.jsonl OUT.json
-    python scripts/stockmark_baselines.py spacy-ner TRAIN.jsonl DEV.jsonl TEST.jsonl OUT.json --seconds 1800
+    python scripts/stockmark_baselines.py spacy-ner TRAIN.jsonl DEV.jsonl TEST.jsonl OUT.json --seconds 1800 [--base ja_ginza]
+    python scripts/stockmark_baselines.py spacy-textcat TRAIN.jsonl DEV.jsonl TEST.jsonl OUT.json --seconds 1800
+    python scripts/stockmark_baselines.py majority TRAIN.jsonl TEST.jsonl OUT.json
 
 `ginza`: ja_ginza's own NER (ENE labels) mapped to the 8 stockmark types by
 `ENE_TO_STOCKMARK` below; ENE labels not listed (dates, numbers, ...) are
 dropped. `spacy-ner`: a spaCy `ner` component on spacy.blank("ja")
-(SudachiPy tokens), trained on the same sentences for a wall-clock budget,
-the best epoch on dev kept.
+(SudachiPy tokens) or on ja_ginza's pretrained tok2vec (`--base ja_ginza`),
+trained on the same sentences for a CPU-time budget, the best epoch on dev
+kept. `spacy-textcat` / `majority`: sentiment (text label) baselines. Each
+command reads only the records of its own task from mixed JSONL files.
 """
 import json
 import random
@@ -198,6 +202,25 @@ def _predict(nlp, golds: List[Annotation]) -> List[Tuple[Annotation, Annotation]
     ]
 
 
+def _ner_pipeline(base: str):
+    """A fresh `ner` on spacy.blank("ja") (its own CNN tok2vec), or on a
+    pretrained pipeline's tok2vec (ja_ginza: a listener to its `tok2vec`,
+    fine-tuned with the ner; its own NER and other components left out)."""
+    import spacy
+
+    if base == "blank":
+        nlp = spacy.blank("ja")
+        return nlp, nlp.add_pipe("ner"), ["ner"]
+    nlp = spacy.load(base, exclude=["ner", "parser", "morphologizer", "compound_splitter", "bunsetu_recognizer"])
+    width = nlp.get_pipe("tok2vec").model.get_dim("nO")
+    listener = {"@architectures": "spacy.Tok2VecListener.v1", "width": width, "upstream": "tok2vec"}
+    ner = nlp.add_pipe("ner", config={"model": {"@architectures": "spacy.TransitionBasedParser.v2",
+                                               "state_type": "ner", "extra_state_tokens": False,
+                                               "hidden_width": 64, "maxout_pieces": 2, "use_upper": True,
+                                               "tok2vec": listener}})
+    return nlp, ner, ["tok2vec", "ner"]
+
+
 @app.command("spacy-ner")
 def spacy_ner(
     train_path: Path, dev_path: Path, test_path: Path, out: Path,
@@ -205,22 +228,27 @@ def spacy_ner(
     clock: str = typer.Option("cpu", "--clock", help="'cpu' (process CPU seconds, all threads) or 'wall'"),
     patience: int = typer.Option(5, "--patience", help="Stop after this many epochs without a better dev F"),
     seed: int = typer.Option(0, "--seed"),
+    base: str = typer.Option("blank", "--base", help="'blank' (own CNN tok2vec) or a pipeline whose pretrained tok2vec the ner listens to, e.g. ja_ginza"),
 ) -> None:
-    """A spaCy NER (blank ja + tok2vec CNN) trained for a time budget."""
-    import spacy
+    """A spaCy NER trained for a time budget (on blank ja, or on a
+    pretrained pipeline's tok2vec)."""
     from spacy.util import compounding, fix_random_seed, minibatch
 
     t0 = time.time()
     fix_random_seed(seed)
-    nlp = spacy.blank("ja")
-    ner = nlp.add_pipe("ner")
+    nlp, ner, trained = _ner_pipeline(base)
     train, dev, test = _gold(train_path), _gold(dev_path), _gold(test_path)
+    train = [g for g in train if g.task == "ner-ja"]
+    dev = [g for g in dev if g.task == "ner-ja"]
+    test = [g for g in test if g.task == "ner-ja"]
     train_ex, misaligned = _examples(nlp, train)
     n_gold = sum(len(g.entities) for g in train)
     for g in train:
         for m in g.entities:
             ner.add_label(m.label)
-    optimizer = nlp.initialize(lambda: train_ex)
+    optimizer = nlp.initialize(lambda: train_ex) if base == "blank" else nlp.resume_training()
+    if base != "blank":
+        ner.initialize(lambda: train_ex, nlp=nlp)
     rng = random.Random(seed)
     best, best_f, epochs, log = None, -1.0, 0, []
     now = time.process_time if clock == "cpu" else time.monotonic
@@ -229,7 +257,8 @@ def spacy_ner(
         rng.shuffle(train_ex)
         losses: Dict[str, float] = {}
         for batch in minibatch(train_ex, size=compounding(4.0, 32.0, 1.001)):
-            nlp.update(batch, sgd=optimizer, drop=0.2, losses=losses)
+            with nlp.select_pipes(enable=trained):
+                nlp.update(batch, sgd=optimizer, drop=0.2, losses=losses)
             if now() - t_train >= seconds:
                 break
         epochs += 1
@@ -242,7 +271,7 @@ def spacy_ner(
         nlp.from_bytes(best)
     pairs = _predict(nlp, test)
     _write(out, {
-        "system": "spaCy ner (blank ja, SudachiPy tokens, tok2vec CNN), best epoch on dev",
+        "system": f"spaCy ner ({'blank ja, own tok2vec CNN' if base == 'blank' else base + ' pretrained tok2vec, fine-tuned'}), best epoch on dev",
         "test": str(test_path),
         "sequences": len(pairs),
         "train_sentences": len(train),
@@ -256,6 +285,77 @@ def spacy_ner(
         "seconds": round(time.time() - t0, 1),
         "scores": score_annotations(pairs),
     })
+
+
+def _sentiment(path: Path) -> List[Annotation]:
+    return [g for g in _gold(path) if g.task == "sentiment-ja"]
+
+
+@app.command("majority")
+def majority(train_path: Path, test_path: Path, out: Path) -> None:
+    """The most frequent training text label, for every test sentence."""
+    from collections import Counter
+
+    label = Counter(g.label for g in _sentiment(train_path)).most_common(1)[0][0]
+    test = _sentiment(test_path)
+    pairs = [(g, Annotation(text=g.text, task=g.task, label=label)) for g in test]
+    _write(out, {"system": f"majority class ({label})", "test": str(test_path), "sequences": len(pairs),
+                 "seconds": 0.0, "scores": score_annotations(pairs)})
+
+
+@app.command("spacy-textcat")
+def spacy_textcat(
+    train_path: Path, dev_path: Path, test_path: Path, out: Path,
+    seconds: float = typer.Option(1800, "--seconds", help="Training budget in seconds of --clock"),
+    clock: str = typer.Option("cpu", "--clock"),
+    patience: int = typer.Option(5, "--patience"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """A spaCy `textcat` (exclusive classes, bag-of-words model) on
+    spacy.blank("ja") tokens, best epoch on dev accuracy."""
+    import spacy
+    from spacy.training import Example
+    from spacy.util import fix_random_seed, minibatch
+
+    t0 = time.time()
+    fix_random_seed(seed)
+    train, dev, test = _sentiment(train_path), _sentiment(dev_path), _sentiment(test_path)
+    labels = sorted({g.label for g in train})
+    nlp = spacy.blank("ja")
+    textcat = nlp.add_pipe("textcat", config={"model": {
+        "@architectures": "spacy.TextCatBOW.v3", "exclusive_classes": True, "ngram_size": 2,
+        "no_output_layer": False, "length": 262144,
+    }})
+    for label in labels:
+        textcat.add_label(label)
+    examples = [Example.from_dict(nlp.make_doc(g.text), {"cats": {l: float(l == g.label) for l in labels}})
+                for g in train]
+    optimizer = nlp.initialize(lambda: examples)
+
+    def predict(golds):
+        return [(g, Annotation(text=g.text, task=g.task, label=max(d.cats, key=d.cats.get)))
+                for g, d in zip(golds, nlp.pipe([g.text for g in golds], batch_size=256))]
+
+    rng = random.Random(seed)
+    now = time.process_time if clock == "cpu" else time.monotonic
+    t_train, best, best_acc, best_epoch, epochs, log = now(), None, -1.0, 0, 0, []
+    while now() - t_train < seconds and epochs - best_epoch < patience:
+        rng.shuffle(examples)
+        losses: Dict[str, float] = {}
+        for batch in minibatch(examples, size=32):
+            nlp.update(batch, sgd=optimizer, losses=losses)
+        epochs += 1
+        acc = score_annotations(predict(dev))["tl_acc"] or 0.0
+        log.append({"epoch": epochs, "loss": float(losses.get("textcat", 0.0)), "dev_acc": acc})
+        print(log[-1], file=sys.stderr)
+        if acc > best_acc:
+            best, best_acc, best_epoch = nlp.to_bytes(), acc, epochs
+    nlp.from_bytes(best)
+    pairs = predict(test)
+    _write(out, {"system": "spaCy textcat (bag of words, unigrams + bigrams), best epoch on dev",
+                 "test": str(test_path), "sequences": len(pairs), "train_sentences": len(train),
+                 "budget_seconds": seconds, "budget_clock": clock, "epochs": epochs, "best_epoch": best_epoch,
+                 "epoch_log": log, "seconds": round(time.time() - t0, 1), "scores": score_annotations(pairs)})
 
 
 if __name__ == "__main__":

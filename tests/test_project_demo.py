@@ -1,6 +1,9 @@
-"""The `demo` workflow of project.yml, shortened to a few training steps so it
-cannot rot: convert the shipped samples, train from scratch, evaluate, export
-to GGUF and verify, package, annotate through the GGUF backend."""
+"""The `demo` workflow of project.yml, shortened so it cannot rot: convert the
+shipped samples, LoRA-tune a base model given as a GGUF (here the tiny
+random Gemma 3 of the fixtures, standing in for Gemma 3 270M: same
+architecture, same path through the GGUF loader and the cache), merge,
+export to GGUF and verify, evaluate through the GGUF backend, package,
+annotate."""
 import json
 import os
 import shutil
@@ -11,23 +14,28 @@ from pathlib import Path
 ROOT = Path(__file__).parent.parent
 
 
-def test_demo_workflow_runs_end_to_end(tmp_path):
+def test_demo_workflow_runs_end_to_end(tmp_path, tiny_gemma_gguf):
     shutil.copy(ROOT / "project.yml", tmp_path / "project.yml")
     shutil.copytree(ROOT / "assets", tmp_path / "assets")
-    env = dict(os.environ, SPACY_GIELLM_MAX_STEPS="4")
+    env = dict(os.environ, SPACY_GIELLM_MAX_STEPS="4", SPACY_GIELLM_CACHE_DIR=str(tmp_path / "cache"))
     proc = subprocess.run(
         [sys.executable, "-m", "spacy", "project", "run", "demo", str(tmp_path),
-         "--vars.demo_max_new_tokens", "16"],
+         "--vars.demo_base_model", str(tiny_gemma_gguf), "--vars.demo_gguf_type", "f32",
+         "--vars.demo_max_new_tokens", "16", "--vars.demo_lora_r", "4"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = json.loads((tmp_path / "training" / "demo" / "manifest.json").read_text())
-    assert manifest["steps"] == 4  # the shortened run, from scratch
-    assert manifest["data"]["train"]["records"] == manifest["data"]["train"]["examples"] + manifest["data"]["train"]["too_long"]
+    assert manifest["steps"] == 4 and manifest["kind"] == "lora-adapter"
+    # the GGUF base was dequantized into the cache and trained on from there
+    assert manifest["base_model_given"] == str(tiny_gemma_gguf)
+    assert manifest["base_model"].startswith(str(tmp_path / "cache"))
+    train = manifest["data"]["train"]
+    assert train["records"] == train["examples"] + train["too_long"]
     metrics = json.loads((tmp_path / "metrics" / "demo" / "metrics.json").read_text())
-    assert metrics["sequences"] > 0
-    # the exported GGUF generates exactly what the HF model generates
-    verify = json.loads((tmp_path / "training" / "demo-f16.verify.json").read_text())
+    assert metrics["sequences"] > 0 and metrics["backend"]["@giellm_backends"] == "giellm.LlamaCpp.v1"
+    # the exported GGUF generates exactly what the merged HF model generates
+    verify = json.loads((tmp_path / "training" / "demo-f32.verify.json").read_text())
     assert verify["prompts"] > 0 and verify["identical"] == verify["prompts"], verify["mismatches"]
     assert (tmp_path / "packages" / "demo-pipeline" / "meta.json").exists()
     # annotate printed the example sentences with their annotations
