@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .backends.base import LabelScoring, TaskBinding
+
 __all__ = ["BenchConfig", "run_bench", "format_table", "load_texts", "build_bench_models", "FIELDS"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -202,19 +204,24 @@ def _generate_like_component(backend, prompts: Sequence[str], size: int) -> List
 
 
 class _Replay:
-    """A backend answering instantly with recorded outputs and scores."""
+    """A backend answering instantly with recorded outputs."""
 
-    def __init__(self, outputs: Dict[str, str], scores: Optional[Dict[str, Dict[str, float]]]) -> None:
+    def __init__(self, outputs: Dict[str, str]) -> None:
         self._outputs = outputs
-        self._scores = scores
-        if scores is None:
-            self.label_scores = None  # type: ignore[assignment]
 
     def generate(self, prompts: List[str]) -> List[str]:
         return [self._outputs[p] for p in prompts]
 
-    def label_scores(self, prompts: List[str], candidates: List[str]) -> List[Dict[str, float]]:
-        return [self._scores[p] for p in prompts]  # type: ignore[index]
+
+class _ScoredReplay(_Replay):
+    """A `_Replay` that also answers `label_scores` with recorded scores."""
+
+    def __init__(self, outputs: Dict[str, str], scores: Dict[str, Dict[str, float]]) -> None:
+        super().__init__(outputs)
+        self._scores = scores
+
+    def label_scores(self, prompts: Sequence[str], candidates: Sequence[str]) -> List[Dict[str, float]]:
+        return [self._scores[p] for p in prompts]
 
 
 def _gold_outputs(task, records) -> Optional[List[str]]:
@@ -291,9 +298,9 @@ def bench_backend(kind: str, cfg: BenchConfig, model_dir: str, gguf_path: Option
                                         n_threads=cfg.threads, n_parallel=cfg.batch_size).load()
     else:
         raise ValueError(f"bench: unknown backend {kind!r}; use hf or gguf")
-    if hasattr(backend, "bind_task"):
+    if isinstance(backend, TaskBinding):
         backend.bind_task(task, None)
-    has_scores = callable(getattr(backend, "label_scores", None)) and bool(candidates)
+    has_scores = isinstance(backend, LabelScoring) and bool(candidates)
 
     global _CLOCK
     _CLOCK = time.process_time if cfg.threads == 1 else time.perf_counter
@@ -340,7 +347,7 @@ def bench_backend(kind: str, cfg: BenchConfig, model_dir: str, gguf_path: Option
     # outside the model: gold outputs where the texts have them (a random
     # model's outputs hold few pieces to parse and align)
     replayed = dict(zip(prompts, _gold_outputs(task, records) or outputs))
-    replay = _Replay(replayed, dict(zip(prompts, scores)) if scores else None)
+    replay = _ScoredReplay(replayed, dict(zip(prompts, scores))) if scores else _Replay(replayed)
     replay_component = GiellmComponent(nlp.vocab, task=task, backend=replay, batch_size=cfg.batch_size)
     t_out, _ = _best(lambda: list(replay_component.pipe([d.copy() for d in docs], batch_size=256)), max(cfg.repeat, 3))
     out["outside_model_ms_per_doc"] = 1000 * t_out / len(texts)

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spacy_giellm.annotation import Annotation, Mention, Relation
+from spacy_giellm.backends.hf_constraints import HFConstraintProcessor, token_vocab_from_hf
 from spacy_giellm.constraints import (
     FormatAutomaton,
     PromptConstrainer,
@@ -195,7 +196,7 @@ def tiny_tokenizer(tiny_model_dir):
 
 
 def test_hf_token_bytes_round_trip(tiny_tokenizer, tiny_texts):
-    vocab = TokenVocab.from_hf(tiny_tokenizer)
+    vocab = token_vocab_from_hf(tiny_tokenizer)
     for text in tiny_texts + ["未知の漢字𠮷と English words 123"]:
         ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
         assert b"".join(vocab.token_bytes[i] for i in ids) == text.encode()
@@ -205,7 +206,7 @@ def test_hf_token_bytes_round_trip(tiny_tokenizer, tiny_texts):
 
 def test_gold_outputs_are_allowed_token_by_token(tiny_tokenizer):
     task = get_task("scnm")
-    vocab = TokenVocab.from_hf(tiny_tokenizer)
+    vocab = token_vocab_from_hf(tiny_tokenizer)
     constrainer = PromptConstrainer(task, vocab, lambda t: tiny_tokenizer(t, add_special_tokens=False)["input_ids"])
     assert constrainer.label_sequences() == [[tiny_tokenizer.convert_tokens_to_ids(f"<{l}>")] for l in task.text_labels]
     ann = Annotation(text=TEXT, task="scnm", label="社会",
@@ -221,10 +222,8 @@ def test_gold_outputs_are_allowed_token_by_token(tiny_tokenizer):
 
 def test_hf_processor_masks_each_row(tiny_tokenizer):
     torch = pytest.importorskip("torch")
-    from spacy_giellm.constraints import HFConstraintProcessor
-
     task = get_task("scnm")
-    vocab = TokenVocab.from_hf(tiny_tokenizer)
+    vocab = token_vocab_from_hf(tiny_tokenizer)
     constrainer = PromptConstrainer(task, vocab, lambda t: tiny_tokenizer(t, add_special_tokens=False)["input_ids"])
     autos = [constrainer(build_input(t, task)) for t in (TEXT, "東京")]
     proc = HFConstraintProcessor(autos)

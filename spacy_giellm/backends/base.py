@@ -31,6 +31,26 @@ class TokenCounting(Protocol):
         ...
 
 
+@runtime_checkable
+class TaskBinding(Protocol):
+    """A backend that wants to know the task (and instruction word) of the
+    prompts it gets, e.g. for constrained decoding. The component binds its
+    task once, when it is made."""
+
+    def bind_task(self, task: Any, instruction: Optional[str] = None) -> None:
+        ...
+
+
+@runtime_checkable
+class LabelScoring(Protocol):
+    """A backend that can score the text-label candidates of each prompt:
+    the component's `doc.cats` then holds real probabilities."""
+
+    def label_scores(self, prompts: Sequence[str], candidates: Sequence[str]) -> List[Dict[str, float]]:
+        """P(candidate | prompt) for each prompt, normalized over `candidates`."""
+        ...
+
+
 class LocalModelBackend:
     """What the in-process backends (transformers, llama.cpp) share: the task
     binding that constrained decoding needs, and label scoring around the
@@ -39,7 +59,6 @@ class LocalModelBackend:
 
     backend_name = "giellm backend"
     task: Any = None
-    instruction: Optional[str] = None
     _vocab: Any = None
     _constrainer: Any = None
 
@@ -51,8 +70,7 @@ class LocalModelBackend:
         """The task whose format constrained decoding keeps to (the component calls this)."""
         from ..tasks import get_task
 
-        self.task = get_task(task)
-        self.instruction = instruction
+        self.task = get_task(task)  # the instruction is read from each prompt
         self._constrainer = None
 
     def _prompt_constrainer(self) -> Any:

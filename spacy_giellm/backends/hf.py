@@ -9,7 +9,7 @@ whatever the model generates after it, up to EOS. Training tokenizes the
 output without special tokens and appends EOS, so the two agree.
 
 `constrained = true` masks, at every step, the tokens that would leave the
-task's output format for that prompt's text (`constraints.HFConstraintProcessor`);
+task's output format for that prompt's text (`hf_constraints.HFConstraintProcessor`);
 the task comes from the giellm component (`bind_task`) or the `task` setting.
 `label_scores` gives real text-label probabilities from the model.
 """
@@ -368,7 +368,7 @@ class HFBackend(LocalModelBackend):
             if self.constrained:
                 from transformers import LogitsProcessorList
 
-                from ..constraints import HFConstraintProcessor
+                from .hf_constraints import HFConstraintProcessor
 
                 constrainer = self._prompt_constrainer()
                 kwargs["logits_processor"] = LogitsProcessorList(
@@ -393,9 +393,9 @@ class HFBackend(LocalModelBackend):
         return list(self.tokenizer(candidate, add_special_tokens=False)["input_ids"])
 
     def _token_vocab(self):
-        from ..constraints import TokenVocab
+        from .hf_constraints import token_vocab_from_hf
 
-        return TokenVocab.from_hf(self.tokenizer, eos_ids=self._eos_ids)
+        return token_vocab_from_hf(self.tokenizer, eos_ids=self._eos_ids)
 
     def _candidate_logprobs(self, prompts: List[str], cand_ids: List[List[int]]) -> List[List[float]]:
         """[prompt][candidate] summed log-probabilities, a batch at a time.

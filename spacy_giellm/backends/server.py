@@ -141,7 +141,6 @@ class ServerBackend:
         self.api_key = api_key
         self.extra_body = dict(extra_body or {})
         self.task: Any = None
-        self.instruction: Optional[str] = None
         if task is not None:
             self.bind_task(task)
 
@@ -152,8 +151,7 @@ class ServerBackend:
         """The task whose grammar constrains the outputs (the component calls this)."""
         from ..tasks import get_task
 
-        self.task = get_task(task)
-        self.instruction = instruction
+        self.task = get_task(task)  # the instruction is read from each prompt
 
     # ------------------------------------------------------------- requests
 
