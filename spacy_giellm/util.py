@@ -1,9 +1,12 @@
-"""Small helpers shared across the package: atomic output files.
+"""Small helpers shared across the package: atomic output files and dirs.
 
     with atomic_path("out.jsonl") as tmp:       # write tmp any way you like
         with open(tmp, "w", encoding="utf8") as f:
             ...
-    atomic_write_text("scores.json", text)
+    atomic_write_text("scores.md", text)
+    atomic_write_json("scores.json", data)      # indented, UTF-8, final newline
+    with atomic_dir("model") as tmp:            # a new empty directory to fill
+        model.save_pretrained(tmp)
 
 The temporary file sits beside the target (same file system, so the rename
 is atomic) and is created with mode 0666 minus the umask, as `open()` would
@@ -12,11 +15,13 @@ shared corpus must not be). The target is replaced only when the block ends
 without an error; otherwise the temporary file is removed and the target is
 left as it was.
 """
+import json
 import os
 import secrets
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 PathLike = Union[str, Path]
 
@@ -46,3 +51,39 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf8") -> None
     """Write `text` to `path` atomically (see `atomic_path`)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding=encoding)
+
+
+def atomic_write_json(path: PathLike, data: Any) -> None:
+    """`data` as indented JSON (non-ASCII kept, final newline), atomically."""
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+@contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """A new empty directory beside `path` to fill; it replaces `path` (and
+    all it held) when the block ends without an error, otherwise it is
+    removed and `path` is left as it was. Between the two renames that swap
+    them `path` is briefly missing, never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            tmp.mkdir()
+            break
+        except FileExistsError:
+            continue
+    old = tmp.with_name(tmp.name[: -len(".tmp")] + ".old")
+    try:
+        yield tmp
+        if path.exists():
+            path.rename(old)
+        try:
+            tmp.rename(path)
+        except BaseException:
+            if old.exists() and not path.exists():
+                old.rename(path)  # put the previous one back
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

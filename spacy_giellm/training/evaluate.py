@@ -103,7 +103,7 @@ def load_gold(path: PathLike) -> Dict[Tuple[str, Optional[str]], Tuple[Task, Lis
     """Gold annotations grouped by (task, instruction word)."""
     from ..corpora import ReadReport, read_jsonl
 
-    from ..cli import _tasks_with_gold_labels
+    from ..corpora import tasks_from_gold as _tasks_with_gold_labels
 
     golds = list(read_jsonl(path, report=ReadReport(path=str(path))))
     # Word levels without labels (TCREE) get the gold records' labels, so

@@ -1,11 +1,11 @@
-"""The `bench` command: component vs bare backend throughput (see `bench`)."""
+"""The `bench` command: component vs bare backend throughput (see `spacy_giellm.bench`)."""
 import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .cli import app, fail_cleanly
+from ._util import app, fail_cleanly
 
 
 @app.command("bench")
@@ -25,7 +25,7 @@ def bench_cli(
     """Docs/s through the giellm component vs the bare backend, token rates,
     time outside the model, peak RSS, batching and constrained decoding."""
     with fail_cleanly():
-        from .bench import BenchConfig, format_table, run_bench
+        from ..bench import BenchConfig, format_table, run_bench
 
         if n < 1 or batch_size < 1 or max_new_tokens < 1 or threads < 1 or repeat < 1:
             raise ValueError("--n, --batch-size, --max-new-tokens, --threads and --repeat must be >= 1")

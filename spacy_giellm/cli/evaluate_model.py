@@ -1,0 +1,31 @@
+"""The `evaluate-model` command: a trained model on held-out data, through the component."""
+from pathlib import Path
+
+import typer
+
+from ._util import app, fail_cleanly
+
+
+@app.command("evaluate-model")
+def evaluate_model_cli(
+    model: str = typer.Argument(..., help="Trained model dir, LoRA adapter dir or .gguf file"),
+    data: Path = typer.Argument(..., help="Held-out JSONL"),
+    output_dir: Path = typer.Option(Path("metrics"), "--output", "-o", help="metrics.json, metrics.md, predictions.jsonl"),
+    nlp_base: str = typer.Option("blank", "--nlp", help="'blank' (spacy.blank('ja')) or a pipeline such as ja_ginza"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    limit: int = typer.Option(0, "--limit", help="At most N records per task (0: all)"),
+    title: str = typer.Option("", "--title"),
+    constrained: bool = typer.Option(False, "--constrained", help="Constrained decoding (well-formed outputs only)"),
+) -> None:
+    """Run a trained model through the `giellm` component on held-out data;
+    TL / WL / ALL accuracy and P/R/F per task (the paper's Table 1)."""
+    with fail_cleanly():
+        from ..training.evaluate import evaluate, markdown_table
+
+        metrics = evaluate(
+            model, data, output_dir, nlp_base=nlp_base, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, limit=limit, title=title, constrained=constrained,
+        )
+        typer.echo(markdown_table(metrics))
+        typer.echo(markdown_table(metrics, level="pipeline").split("\n", 2)[2])

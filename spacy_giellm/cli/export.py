@@ -1,0 +1,56 @@
+"""The `merge` and `export-gguf` commands: a trained model made deployable."""
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._util import app, echo_json, fail_cleanly
+
+
+@app.command("merge")
+def merge_cli(
+    model_dir: Path = typer.Argument(..., help="LoRA adapter dir (or a full model dir, copied)"),
+    output_dir: Path = typer.Argument(..., help="Merged model dir (safetensors)"),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Also write what was merged to this JSON file"),
+) -> None:
+    """Merge a LoRA adapter into its base model's weights."""
+    with fail_cleanly():
+        from ..training.export import merge
+        from ..util import atomic_write_json
+
+        info = merge(model_dir, output_dir)
+        if manifest is not None:
+            atomic_write_json(manifest, info)
+        echo_json(info)
+
+
+@app.command("export-gguf")
+def export_gguf_cli(
+    model_dir: Path = typer.Argument(..., help="Merged / full HF model dir"),
+    output_path: Path = typer.Argument(..., help="The .gguf file"),
+    outtype: str = typer.Option("f16", "--type", help="f32, f16, bf16, q8_0, or a llama.cpp quant type like Q4_K_M"),
+    verify_data: Optional[Path] = typer.Option(None, "--verify", help="Held-out JSONL: compare greedy outputs with the HF model"),
+    verify_n: int = typer.Option(4, "--verify-n", help="Prompts per task to compare"),
+    verify_tokens: int = typer.Option(48, "--verify-tokens", help="New tokens per compared prompt"),
+    strict: bool = typer.Option(False, "--strict", help="Fail on any mismatch"),
+) -> None:
+    """Convert to GGUF with llama.cpp's converter (and quantizer), then check
+    the GGUF's greedy outputs against the HF model's. The report is written
+    next to the GGUF as <name>.verify.json."""
+    with fail_cleanly():
+        from ..training.export import export_gguf, verify_gguf
+        from ..util import atomic_write_json
+
+        info = export_gguf(model_dir, output_path, outtype)
+        typer.echo(f"wrote {info['gguf']} ({info['bytes']:,} bytes, {outtype}) in {info['seconds']} s")
+        if verify_data is not None:
+            report = verify_gguf(output_path, model_dir, verify_data, n=verify_n, max_new_tokens=verify_tokens)
+            report["export"] = info
+            atomic_write_json(output_path.with_suffix(".verify.json"), report)
+            typer.echo(
+                f"verify: {report['identical']}/{report['prompts']} greedy outputs identical to the HF model"
+            )
+            for m in report["mismatches"][:5]:
+                typer.echo(f"  MISMATCH {m['prompt'][:50]!r}\n    hf:   {m['hf'][:80]!r}\n    gguf: {m['gguf'][:80]!r}")
+            if report["mismatches"] and strict:
+                raise ValueError(f"{len(report['mismatches'])} GGUF outputs differ from the HF model")

@@ -1,0 +1,59 @@
+"""The `package` and `annotate` commands: a spaCy pipeline on the GGUF, and running it."""
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._util import app, echo_json, fail_cleanly
+
+
+@app.command("package")
+def package_cli(
+    gguf: Path = typer.Argument(..., help="The exported .gguf"),
+    output_dir: Path = typer.Argument(..., help="Pipeline directory to write"),
+    data: Path = typer.Option(..., "--data", help="JSONL whose tasks (and instruction words) get a component each"),
+    base: str = typer.Option("ja_ginza", "--base", help="Pipeline the components are added to"),
+    name: str = typer.Option("giellm", "--name", help="Package name (meta.json)"),
+    version: str = typer.Option("0.0.0", "--version"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    force: bool = typer.Option(
+        False, "--force", help="Replace OUTPUT_DIR if it holds a pipeline this command wrote (nothing else is ever replaced)"
+    ),
+) -> None:
+    """Write a pipeline dir (ja_ginza + `giellm` components on the GGUF) that
+    `python -m spacy package` turns into an installable package. OUTPUT_DIR
+    must be new or empty (or, with --force, a pipeline written by this command)."""
+    with fail_cleanly():
+        from ..training.export import package_pipeline, tasks_of
+
+        echo_json(package_pipeline(
+            gguf, output_dir, tasks_of(data), base=base, name=name, version=version,
+            max_new_tokens=max_new_tokens, force=force,
+        ))
+
+
+@app.command("annotate")
+def annotate_cli(
+    pipeline: Path = typer.Argument(..., help="A pipeline dir with giellm components (`package`)"),
+    texts: List[str] = typer.Argument(None, help="Texts (default: read lines from --input)"),
+    input_path: Optional[Path] = typer.Option(None, "--input", "-i", help="A text file, one text per line"),
+    scores: Optional[Path] = typer.Option(None, "--scores", help="metrics.json to print with the output"),
+) -> None:
+    """Annotate texts; print cats, ents, sentiment words, relations, events."""
+    with fail_cleanly():
+        from ..training.evaluate import markdown_table
+        from ..training.export import annotate
+
+        lines = list(texts or [])
+        if input_path is not None:
+            lines += [t.strip() for t in input_path.read_text(encoding="utf8").splitlines() if t.strip()]
+        if not lines:
+            raise ValueError("no texts: pass them as arguments or with --input")
+        for row in annotate(pipeline, lines):
+            typer.echo(row["text"])
+            for key in ("cats", "ents", "sentiments", "relations", "events"):
+                if row[key]:
+                    typer.echo(f"  {key}: {json.dumps(row[key], ensure_ascii=False)}")
+        if scores is not None:
+            typer.echo("\n" + markdown_table(json.loads(scores.read_text(encoding="utf8"))))

@@ -1,0 +1,57 @@
+"""Score a file of predictions against a file of gold records (what the
+`evaluate` command prints).
+
+Records are matched by line order and checked by text and task; a
+prediction is a raw `output` string or a record with structured fields.
+"""
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from .annotation import Annotation
+from .corpora import CorpusError, ReadReport, annotation_from_record, read_jsonl, tasks_from_gold
+from .corpora.jsonl import iter_json_lines
+from .scoring import score_annotations
+
+PathLike = Union[str, Path]
+
+__all__ = ["read_prediction_pairs", "score_prediction_files"]
+
+
+def read_prediction_pairs(
+    gold_path: PathLike, pred_path: PathLike, task: Optional[str] = None
+) -> Tuple[List[Tuple[Annotation, Annotation]], int]:
+    """(gold, predicted) annotation pairs, and how many predictions had parse
+    problems. A prediction whose text or task differs from its gold record,
+    or a different number of records, is a ValueError naming the lines."""
+    gold = list(read_jsonl(gold_path, task=task, report=ReadReport(path=str(gold_path))))
+    gold_lines = [lineno for lineno, _ in iter_json_lines(gold_path)]
+    preds = list(iter_json_lines(pred_path))
+    if len(preds) != len(gold):
+        raise ValueError(f"{gold_path} has {len(gold)} records but {pred_path} has {len(preds)}")
+    tasks = tasks_from_gold(gold, task)
+    pairs, problems = [], 0
+    for g, g_line, (lineno, record) in zip(gold, gold_lines, preds):
+        where = f"{pred_path}:{lineno}"
+        if isinstance(record, CorpusError):
+            raise record
+        if isinstance(record, str):
+            record = {"output": record}
+        if isinstance(record, dict) and record.get("task", g.task) != g.task:
+            raise ValueError(f"{where}: task {record['task']!r} but {gold_path}:{g_line} is {g.task!r}")
+        pred, _, n_problems = annotation_from_record(record, where, tasks[g.task], lenient=True)
+        problems += bool(n_problems)
+        if pred.text is not None and g.text is not None and pred.text != g.text:
+            raise ValueError(
+                f"{where}: text differs from {gold_path}:{g_line}: {pred.text[:40]!r} vs {g.text[:40]!r}"
+            )
+        pairs.append((g, pred))
+    return pairs, problems
+
+
+def score_prediction_files(gold_path: PathLike, pred_path: PathLike, task: Optional[str] = None) -> Dict[str, Any]:
+    """`scoring.score_annotations` of the pairs, with
+    `counts["pred_parse_problems"]`: predictions that had parse problems."""
+    pairs, problems = read_prediction_pairs(gold_path, pred_path, task)
+    scores = score_annotations(pairs)
+    scores["counts"]["pred_parse_problems"] = problems
+    return scores
