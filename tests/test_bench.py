@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
-from spacy_giellm.bench import FIELDS, BenchConfig, _shared_tokens, format_table, load_texts, run_bench
+from spacy_giellm.bench import FIELDS, BenchConfig, format_table, load_texts, run_bench
+from spacy_giellm.bench.measure import shared_tokens
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +24,12 @@ def test_load_texts(tmp_path):
         load_texts(str(tmp_path / "none.json"))
 
 
-def test_shared_tokens():
-    assert _shared_tokens([[1, 2, 3], [1, 2, 4], [5]]) == pytest.approx((2 + 2 + 0) / 3)
-    assert _shared_tokens([[1]]) == 0.0
+def testshared_tokens():
+    assert shared_tokens([[1, 2, 3], [1, 2, 4], [5]]) == pytest.approx((2 + 2 + 0) / 3)
+    assert shared_tokens([[1]]) == 0.0
 
 
-def test_bench_reports_all_fields(tiny_model_dir, tiny_gguf, tmp_path):
+def test_bench_reports_all_fields(tiny_model_dir, tiny_gguf):
     cfg = BenchConfig(model=str(tiny_model_dir), gguf=str(tiny_gguf), n=4, batch_size=2, max_new_tokens=4, repeat=1)
     results = run_bench(cfg)
     assert set(results["backends"]) == {"hf", "gguf"}

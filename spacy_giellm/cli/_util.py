@@ -14,6 +14,7 @@ and is imported by `cli/__init__.py`. Keep imports at module level cheap:
 module, never each other.
 """
 import json
+import logging
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,33 @@ app = typer.Typer(
 
 # Input files larger than this get a progress bar.
 PROGRESS_BYTES = 1_000_000
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the `sys.stderr` of the moment (a test runner may swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def log_progress() -> None:
+    """The library's progress messages (the `spacy_giellm` logger, INFO and
+    up) to stderr, one line each, as the commands print them."""
+    logger = logging.getLogger("spacy_giellm")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
+log_progress()
 
 
 @contextmanager

@@ -26,6 +26,7 @@ def bench_cli(
     time outside the model, peak RSS, batching and constrained decoding."""
     with fail_cleanly():
         from ..bench import BenchConfig, format_table, run_bench
+        from ..util import atomic_write_text
 
         if n < 1 or batch_size < 1 or max_new_tokens < 1 or threads < 1 or repeat < 1:
             raise ValueError("--n, --batch-size, --max-new-tokens, --threads and --repeat must be >= 1")
@@ -47,9 +48,8 @@ def bench_cli(
             backends=kinds,
             threads=threads,
         )
-        results = run_bench(cfg, log=lambda msg: typer.echo(msg, err=True))
+        results = run_bench(cfg)  # progress through the spacy_giellm logger
         typer.echo(format_table(results))
         if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
+            atomic_write_text(json_out, json.dumps(results, ensure_ascii=False, indent=2))
             typer.echo(f"wrote {json_out}")

@@ -22,6 +22,7 @@ from ..annotation import Annotation
 from ..format import parse_output
 from ..scoring import calibration, score_annotations
 from ..tasks import Task
+from ..util import atomic_path, atomic_write_json, atomic_write_text
 
 PathLike = Union[str, Path]
 
@@ -201,16 +202,19 @@ def evaluate(
         "seconds": round(time.time() - t0, 1),
         "results": results,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from .train import write_json_atomic
-
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    (out_dir / "metrics.md").write_text(markdown_table(metrics), encoding="utf8")
-    if predictions:
-        with open(out_dir / "predictions.jsonl", "w", encoding="utf8") as f:
-            for row in rows_out:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    _write_metrics(out_dir, metrics, rows_out if predictions else None)
     return metrics
+
+
+def _write_metrics(out_dir: Path, metrics: Dict[str, Any], rows: Optional[List[Dict[str, Any]]]) -> None:
+    """metrics.json, metrics.md and, with `rows`, predictions.jsonl (each atomically)."""
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_text(out_dir / "metrics.md", markdown_table(metrics))
+    if rows is not None:
+        with atomic_path(out_dir / "predictions.jsonl") as tmp:
+            with open(tmp, "w", encoding="utf8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _pct(value: Optional[float]) -> str:

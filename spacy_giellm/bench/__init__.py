@@ -1,0 +1,31 @@
+"""Throughput benchmark: the `giellm` component against its bare backends.
+
+Each backend (HF, GGUF) is measured in its own child process, so its peak RSS
+is its own. All figures of one backend come from one run, and the figures
+meant to be compared are ratios of timings taken back to back (the machine
+may be shared and noisy); each timing is the best of `repeat` runs. With
+`threads = 1` (the default) timings are the process's CPU time, which other
+load on the machine barely changes (multi-threaded runs are timed by the wall
+clock, and spin-waiting threads make them very noisy on a busy machine).
+
+Per backend:
+
+* docs/s through the full component (prompt building, generation, label
+  scores, parsing, alignment) and through the bare backend on the same
+  prompts (same length-sorted batches, generate + label_scores):
+  `component_efficiency` = bare time / component time;
+* prompt tokens/s (generation capped at one new token) and generated
+  tokens/s (the rest of the time);
+* time per doc outside the model: the component over a replay backend that
+  answers instantly with the recorded outputs;
+* batched (batch 16 / 16 parallel sequences) vs one prompt at a time;
+* constrained vs unconstrained decoding: speed, malformed-output rate (any
+  parse problem, or a span not in the text), and how often the generated text
+  label is the argmax of `label_scores`; where the texts have gold entities,
+  entity F1 of both.
+"""
+from .config import FIELDS, BenchConfig
+from .inputs import build_bench_models, load_texts
+from .run import format_table, machine_info, run_bench
+
+__all__ = ["BenchConfig", "run_bench", "format_table", "load_texts", "build_bench_models", "machine_info", "FIELDS"]

@@ -1,0 +1,70 @@
+"""Training on a time budget: a callback that stops the run after so many
+seconds, and a Trainer whose learning rate follows a cosine over the time
+instead of over a step count nobody knows in advance.
+
+transformers and torch are imported when a callback or trainer is made.
+"""
+import math
+import time
+from typing import Any, Callable, Dict, List
+
+Clock = Callable[[], float]
+
+# --time-clock: wall-clock seconds, or this process's CPU seconds (all
+# threads), a budget other jobs on the machine do not eat into.
+CLOCKS: Dict[str, Clock] = {"wall": time.monotonic, "cpu": time.process_time}
+
+
+def clock_named(name: str) -> Clock:
+    if name not in CLOCKS:
+        raise ValueError(f"time_clock must be one of {sorted(CLOCKS)}, got {name!r}")
+    return CLOCKS[name]
+
+
+def time_limit_callback(seconds: float, clock: Clock = time.monotonic) -> Any:
+    """A TrainerCallback that stops training (with a final eval + save) after `seconds`."""
+    from transformers import TrainerCallback
+
+    class TimeLimit(TrainerCallback):
+        """Stop (with a final eval + save) after `seconds` of training."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = clock()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if clock() - self.start >= seconds:
+                control.should_training_stop = True
+                control.should_evaluate = args.eval_strategy != "no"
+                control.should_save = True
+            return control
+
+    return TimeLimit()
+
+
+def time_budget_trainer(
+    trainer_cls: Any, seconds: float, warmup: float, max_steps: int, clock: Clock = time.monotonic
+) -> Any:
+    """A Trainer whose learning rate follows a cosine over the time budget
+    (not over a step count nobody knows in advance), or over `max_steps`
+    where those run out first, after a warmup of `warmup` steps (>= 1) or
+    of that fraction of the budget (< 1)."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    class TimeBudgetTrainer(trainer_cls):
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self.lr_scheduler is None:
+                start: List[float] = []
+
+                def factor(step: int) -> float:
+                    if not start:
+                        start.append(clock())
+                    frac = min(1.0, (clock() - start[0]) / seconds)
+                    if max_steps > 0:
+                        frac = max(frac, min(1.0, step / max_steps))
+                    warm = min(1.0, (step + 1) / warmup) if warmup >= 1 else min(1.0, frac / warmup) if warmup > 0 else 1.0
+                    return max(warm, 1e-3) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+                self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
+            return self.lr_scheduler
+
+    return TimeBudgetTrainer

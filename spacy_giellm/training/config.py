@@ -1,0 +1,59 @@
+"""What `train` is asked to do: `TrainConfig`, and `TinyModelConfig` for a
+model built from scratch."""
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TinyModelConfig:
+    """Size of the from-scratch Llama (`training.tiny.build_tiny_llama`)."""
+
+    vocab_size: int = 3000
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    init_std: float = 0.02
+    ginza_vectors: bool = False
+
+
+@dataclass
+class TrainConfig:
+    base_model: Optional[str] = None
+    from_scratch: bool = False
+    full: bool = False
+    tasks: Sequence[str] = ()
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # Apply the LM head only where the loss looks (training.loss); False runs
+    # the model's own forward (full-vocabulary logits at every position).
+    output_token_loss: bool = True
+    # CPU LoRA: "auto" holds the frozen base in bf16 where the CPU has
+    # native bf16 matmuls, "bf16" always, "fp32" never. (GPU: bf16 if supported.)
+    precision: str = "auto"
+    epochs: float = 3.0
+    max_steps: int = -1
+    # Seconds of training in this run (0: no limit); with a budget the
+    # learning rate follows a cosine over the time, not over the steps.
+    max_time: float = 0.0
+    # "wall": max_time is wall-clock seconds; "cpu": seconds of this
+    # process's CPU time (all threads), a budget other jobs on the machine
+    # do not eat into.
+    time_clock: str = "wall"
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: float = 0.03
+    batch_size: int = 8
+    eval_batch_size: int = 0  # 0: same as batch_size
+    grad_accum: int = 1
+    max_length: int = 512
+    eval_steps: int = 50
+    patience: int = 3  # evaluations without a better dev loss; 0: off, keep the last model
+    save_total_limit: int = 2
+    seed: int = 0
+    logging_steps: int = 10
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
