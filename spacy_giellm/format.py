@@ -40,13 +40,52 @@ MAX_PIECE_CUTS = 8
 MAX_INNER_ANCHORS = 8
 
 
+def label_marker(label: str) -> str:
+    """A text label as the input lists it and the output starts with: `<label>`."""
+    return f"<{label}>"
+
+
+def candidate_markers(task: Task) -> str:
+    """The task's candidate text labels as the input lists them: `<a><b>...`
+    (joined by the task's separator)."""
+    return task.separator.join(label_marker(label) for label in task.text_labels)
+
+
+def pair_marker(label: str) -> str:
+    """The start of a pair piece (entity, sentiment word): `:label;`."""
+    return f":{label};"
+
+
 def build_input(text: str, task: Task, instruction: Optional[str] = None) -> str:
     """The model input for `text` (paper eq. 1-2)."""
-    pieces = [text, *(f"<{label}>" for label in task.text_labels)]
-    iw = _instruction(task, instruction)
+    pieces = [text]
+    if task.text_labels:
+        pieces.append(candidate_markers(task))
+    iw = task.instruction_for(instruction)
     if iw:
         pieces.append(iw)
     return task.separator.join(pieces)
+
+
+def parse_input(prompt: str, task: Task) -> Tuple[str, Optional[str]]:
+    """(text, instruction) of an input that `build_input` made for `task`:
+    the longest of the task's input suffixes it ends with is cut off (an
+    instruction word may end another one). The instruction is given only
+    where the task has a choice (as in `Annotation`). Raises ValueError on
+    an input that does not end like one."""
+    best: Optional[Tuple[str, Optional[str]]] = None
+    for iw in task.instructions or (None,):
+        suffix = build_input("", task, iw)
+        if prompt.endswith(suffix) and (best is None or len(suffix) > len(best[0])):
+            best = (suffix, iw)
+    if best is None:
+        endings = [build_input("", task, iw) for iw in task.instructions or (None,)]
+        raise ValueError(
+            f"input does not end with the task's labels and instruction word "
+            f"({' or '.join(repr(e) for e in endings)}): ...{prompt[-60:]!r}"
+        )
+    suffix, iw = best
+    return prompt[: len(prompt) - len(suffix)], (iw if len(task.instructions) > 1 else None)
 
 
 def render_output(annotation: Annotation, task: Task) -> str:
@@ -59,19 +98,14 @@ def render_output(annotation: Annotation, task: Task) -> str:
             raise ValueError(f"task {task.name!r} needs a text label, the annotation has none")
         if "<" in annotation.label or ">" in annotation.label:
             raise ValueError(f"text label {annotation.label!r} holds < or >")
-        parts.append(f"<{annotation.label}>")
+        parts.append(label_marker(annotation.label))
     wl = task.word_level(annotation.instruction)
-    iw = wl.instruction if wl else task.instruction
+    iw = task.instruction_for(wl)
     if iw:
         parts.append(iw)
     if wl is not None:
         parts.append("".join(_render_piece(fields, wl) for fields in _fields_of(annotation, wl)))
     return task.separator.join(parts)
-
-
-def _instruction(task: Task, instruction: Optional[str]) -> Optional[str]:
-    wl = task.word_level(instruction)
-    return wl.instruction if wl else task.instruction
 
 
 def _fields_of(annotation: Annotation, wl: WordLevel) -> Iterable[Tuple[str, ...]]:
@@ -96,8 +130,9 @@ def _render_piece(fields: Tuple[str, ...], wl: WordLevel) -> str:
     label = fields[0] if wl.is_pair else fields[wl.label_position]
     if any(c in label for c in ":;：；<>"):
         raise ValueError(f"{wl.kind} label {label!r} holds a delimiter")
-    body = ":" + ";".join(fields)
-    return body if wl.is_pair else body + ":"
+    if wl.is_pair:
+        return pair_marker(fields[0]) + fields[1]
+    return ":" + ";".join(fields) + ":"
 
 
 @dataclass
@@ -140,9 +175,10 @@ def _parse_text_label(rest: str, task: Task, ann: Annotation, problems: List[str
     if not task.text_labels:
         return rest
     for label in sorted(task.text_labels, key=len, reverse=True):
-        if rest.startswith(f"<{label}>"):
+        marker = label_marker(label)
+        if rest.startswith(marker):
             ann.label = label
-            return rest[len(label) + 2 :]
+            return rest[len(marker) :]
     match = _TEXT_LABEL.match(rest)
     if match:
         problems.append(f"unknown text label {match.group(1)!r}")

@@ -97,6 +97,13 @@ class Task:
             f"it has {[wl.instruction for wl in self.word_levels]}"
         )
 
+    def instruction_for(self, word_level: Union[WordLevel, str, None] = None) -> Optional[str]:
+        """The Instruction Word an input ends with: that of `word_level` (a
+        WordLevel, or the instruction word choosing one; default the first),
+        or the task's own `instruction` where it has no word level."""
+        wl = word_level if isinstance(word_level, WordLevel) else self.word_level(word_level)
+        return wl.instruction if wl is not None else self.instruction
+
     def with_labels(
         self,
         text_labels: Optional[Iterable[str]] = None,

@@ -15,7 +15,6 @@ from spacy_giellm.corpora import (
     read_corpus,
     read_docbin,
     sample_mix,
-    split_input,
     split_train_dev_test,
     write_docbin,
     write_jsonl,
@@ -253,13 +252,6 @@ def test_pairs_malformed(tmp_path):
     assert len(anns) == 2 and report.skipped == 2 and report.reasons[1].startswith(f"{path}:3: cannot parse")
     with pytest.raises(ValueError, match="needs the task"):
         read_corpus("pairs", path)
-
-
-def test_split_input_takes_the_instruction():
-    task = get_task("tcree")
-    text, iw = split_input("A社<sports><movies><women><IT><CM>Event Extraction", task)
-    assert (text, iw) == ("A社", "Event Extraction")
-    assert split_input("x<positive><neutral><negative>Sentiment Classification", get_task("sentiment-ja")) == ("x", None)
 
 
 # docbin

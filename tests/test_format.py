@@ -20,7 +20,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spacy_giellm.annotation import Annotation, Mention, Relation
-from spacy_giellm.format import build_input, parse_output, render_output, to_pair
+from spacy_giellm.format import (
+    build_input,
+    candidate_markers,
+    label_marker,
+    pair_marker,
+    parse_input,
+    parse_output,
+    render_output,
+    to_pair,
+)
 from spacy_giellm.tasks import BUILTIN_TASKS, Task, WordLevel, get_task
 
 TCREE_RELATIONS = ("提携", "所属", "出演", "開発", "買収", "監督", "本社")
@@ -37,7 +46,7 @@ def _fragments(task: Task) -> List[str]:
     words = ["東京", "トヨタ", "日産", "Re:ゼロ", "10:30", "は", "の", " ", "a", "。"]
     delims = [":", ";", "::", "<", ">", ":;", ";:"]
     labels = [label for wl in task.word_levels for label in wl.labels] + list(task.text_labels)
-    return words + delims + labels + list(task.instructions) + [f"<{label}>" for label in task.text_labels]
+    return words + delims + labels + list(task.instructions) + [label_marker(label) for label in task.text_labels]
 
 
 def _texts(task: Task) -> st.SearchStrategy[str]:
@@ -46,7 +55,7 @@ def _texts(task: Task) -> st.SearchStrategy[str]:
 
 
 def _bad_pair_span(span: str, labels: Sequence[str]) -> bool:
-    return span != span.strip() or any(f":{label};" in span for label in labels)
+    return span != span.strip() or any(pair_marker(label) in span for label in labels)
 
 
 def _bad_arg(arg: str, labels: Sequence[str]) -> bool:
@@ -93,8 +102,18 @@ def test_parse_never_raises(name: str, data: st.DataObject) -> None:
     output = data.draw(junk)
     text = data.draw(st.none() | junk)
     result = parse_output(output, task, text)
-    assert isinstance(result.problems, list)
+    assert all(isinstance(p, str) and p for p in result.problems)
+    assert result.ok == (result.problems == [])
     assert result.annotation.task == task.name
+    # what it read is the task's: a known text label, known word labels
+    ann = result.annotation
+    assert ann.label is None or ann.label in task.text_labels
+    for wl in task.word_levels:
+        for item in getattr(ann, wl.kind):
+            assert item.label and (not wl.labels or item.label in wl.labels)
+    if not output.strip():
+        # every task expects a text label or an instruction word
+        assert result.problems
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -115,6 +134,50 @@ def test_input_and_output_shape() -> None:
     assert model_input == "東京に行く<社会><文芸><学問><技術><自然>Named Entity Recognition"
     assert output == "<自然>Named Entity Recognition:地名;東京"
     assert build_input("x", get_task("sentiment-ja")) == "x<positive><neutral><negative>Sentiment Classification"
+
+
+def test_markers_and_instruction_words() -> None:
+    scnm, tcree, sentiment = get_task("scnm"), get_task("tcree"), get_task("sentiment-ja")
+    assert label_marker("社会") == "<社会>"
+    assert pair_marker("人名") == ":人名;"
+    assert candidate_markers(scnm) == "<社会><文芸><学問><技術><自然>"
+    assert candidate_markers(get_task("ner-ja")) == ""
+    assert scnm.instruction_for() == "Named Entity Recognition"
+    assert tcree.instruction_for() == "Relation Extraction"
+    assert tcree.instruction_for("Event Extraction") == "Event Extraction"
+    assert tcree.instruction_for(tcree.word_levels[1]) == "Event Extraction"
+    assert sentiment.instruction_for() == "Sentiment Classification"
+    with pytest.raises(KeyError):
+        scnm.instruction_for("Event Extraction")
+    spaced = Task("spaced", ("a", "b"), instruction="Go", separator=" ")
+    assert candidate_markers(spaced) == "<a> <b>"
+    assert build_input("t", spaced) == "t <a> <b> Go"
+    assert render_output(Annotation(text="t", label="b"), spaced) == "<b> Go"
+
+
+def test_parse_input_takes_the_instruction() -> None:
+    tcree = get_task("tcree")
+    assert parse_input("A社<sports><movies><women><IT><CM>Event Extraction", tcree) == ("A社", "Event Extraction")
+    assert parse_input("x<positive><neutral><negative>Sentiment Classification", get_task("sentiment-ja")) == ("x", None)
+    # the instruction is named only where the task has a choice (as in Annotation)
+    assert parse_input(build_input("本文", get_task("scnm")), get_task("scnm")) == ("本文", None)
+    # the longest suffix wins where one instruction word ends another
+    nested = Task("nested", (), (WordLevel("entities", "Extraction"), WordLevel("relations", "Event Extraction")))
+    assert parse_input("本文Event Extraction", nested) == ("本文", "Event Extraction")
+    assert parse_input("本文Extraction", nested) == ("本文", "Extraction")
+    with pytest.raises(ValueError, match="does not end with the task's labels"):
+        parse_input("not a prompt", get_task("scnm"))
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+@SETTINGS
+@given(data=st.data())
+def test_parse_input_inverts_build_input(name: str, data: st.DataObject) -> None:
+    task = TASKS[name]
+    text = data.draw(_texts(task))
+    iw = data.draw(st.sampled_from(task.instructions or (None,)))
+    expected = iw if len(task.instructions) > 1 else None
+    assert parse_input(build_input(text, task, iw), task) == (text, expected)
 
 
 def test_anchored_re_zero() -> None:

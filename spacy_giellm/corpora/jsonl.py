@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 from ..annotation import Annotation
-from ..format import parse_output, to_pair
+from ..format import parse_input, parse_output, to_pair
 from ..tasks import Task
 from ..util import atomic_path
 from .report import (
@@ -75,10 +75,8 @@ def annotation_from_record(
     text = record.get("text")
     instruction = record.get("instruction")
     if text is None and record.get("input") is not None:
-        from .pairs import split_input
-
         try:
-            text, instruction_in = split_input(record["input"], resolved)
+            text, instruction_in = parse_input(record["input"], resolved)
         except ValueError as err:
             raise CorpusError(f"{where}: {err}") from err
         instruction = instruction if instruction is not None else instruction_in
