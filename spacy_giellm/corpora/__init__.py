@@ -21,7 +21,8 @@ from ..annotation import Annotation
 from .docbin import annotation_to_doc, char_nlp, doc_to_annotation, read_docbin, write_docbin
 from .jrte import read_jrte_pn
 from .jsonl import annotation_from_record, annotation_record, read_jsonl, write_jsonl
-from .pairs import infer_task_labels, read_pairs, split_input, tasks_from_gold
+from .labels import infer_task_labels, tasks_from_gold
+from .pairs import read_pairs
 from .report import CorpusError, ReadReport
 from .sampling import PAPER_SIZES, sample_mix, split_train_dev_test
 from .stockmark import read_stockmark_ner
@@ -78,7 +79,6 @@ __all__ = [
     "read_stockmark_ner",
     "register_reader",
     "sample_mix",
-    "split_input",
     "split_train_dev_test",
     "tasks_from_gold",
     "write_docbin",
