@@ -130,7 +130,7 @@ def score_examples(examples: Iterable[Any], task: Optional[Any] = None, **_: Any
     """spaCy scorer: compares `example.reference` with `example.predicted`
     through the annotations the `giellm` component reads off a Doc. With a
     task, only its labels count (e.g. not GiNZA's own ENE entities)."""
-    from .component import annotation_from_doc  # spaCy-side code stays out of the pure scorer
+    from .docs import annotation_from_doc  # spaCy Docs stay out of the pure scorer's import
 
     pairs = [
         (annotation_from_doc(eg.reference, task), annotation_from_doc(eg.predicted, task))

@@ -18,7 +18,8 @@ Readers: `jsonl` (the project's own schema, see `jsonl.py`), `pairs`
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 from ..annotation import Annotation
-from .docbin import annotation_to_doc, char_nlp, doc_to_annotation, read_docbin, write_docbin
+from ..docs import annotation_to_doc, char_nlp, doc_to_annotation
+from .docbin import read_docbin, write_docbin
 from .jrte import read_jrte_pn
 from .jsonl import annotation_from_record, annotation_record, read_jsonl, write_jsonl
 from .labels import infer_task_labels, tasks_from_gold

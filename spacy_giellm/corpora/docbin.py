@@ -1,16 +1,7 @@
-"""spaCy DocBin, both ways, in the layout the `giellm` component uses:
-
-- text label  <-> `doc.cats` (all the task's text labels, 1.0 for the gold
-  one; reading takes the argmax, only for a task with text labels)
-- entities    <-> `doc.spans["giellm_entities"]` (all of them) and
-  `doc.ents` (the longest of overlapping ones); reading prefers the group
-- sentiments  <-> `doc.spans["giellm_sentiment"]` (label = polarity)
-- relations / events <-> `doc.user_data[("giellm", kind)]` as
-  `(label, ((arg, start, end), ...))`, which the component's
-  `doc._.relations` / `doc._.events` read; a DocBin from elsewhere that
-  only has those extensions is read through them (guarded by
-  `Doc.has_extension`)
-- task, instruction, meta <-> `doc.user_data[("giellm", "task" | ...)]`
+"""spaCy DocBin, both ways, in the layout of `spacy_giellm.docs` (the
+component's): `doc.cats`, the `giellm_entities` / `giellm_sentiment` span
+groups and `doc.ents`, relations and events in `doc.user_data`, plus the
+task, instruction and meta of each record.
 
 What is lost writing: a span the tokenization cannot hold exactly is
 widened to token boundaries (`alignment_mode="expand"`; counted in the
@@ -21,110 +12,15 @@ only. Without an `nlp` the text is split into one token per character, so
 every span aligns and nothing is lost.
 """
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, Optional, Union
 
-from ..annotation import Annotation, Mention, Relation
+from ..annotation import Annotation
+from ..docs import USER_DATA_KEY, annotation_to_doc, char_nlp, doc_to_annotation
 from ..tasks import Task
 from ..util import atomic_path
 from .report import CorpusError, ReadReport, TaskSpec, annotation_problems, resolve_task, writer_where
 
 PathLike = Union[str, Path]
-
-ENTITY_GROUP = "giellm_entities"
-SENTIMENT_GROUP = "giellm_sentiment"
-USER_DATA_KEY = "giellm"
-
-
-def char_nlp() -> Any:
-    """A blank multi-language pipeline whose tokenizer makes one token per
-    character: any character span aligns."""
-    import spacy
-    from spacy.tokens import Doc
-
-    nlp = spacy.blank("xx")
-
-    def tokenize(text: str) -> Doc:
-        return Doc(nlp.vocab, words=list(text), spaces=[False] * len(text))
-
-    nlp.tokenizer = tokenize
-    return nlp
-
-
-def annotation_to_doc(ann: Annotation, nlp: Any, task: Optional[Task], report: ReadReport) -> Any:
-    """A Doc holding `ann` (see the module docstring for the layout)."""
-    from spacy.util import filter_spans
-
-    if ann.text is None:
-        raise ValueError("an annotation without text cannot become a Doc")
-    doc = nlp.make_doc(ann.text)
-    labels = task.text_labels if task is not None else ()
-    if ann.label is not None:
-        doc.cats = {label: float(label == ann.label) for label in (*labels, ann.label)}
-    finder = _Finder(ann.text)
-    for kind, group in (("entities", ENTITY_GROUP), ("sentiments", SENTIMENT_GROUP)):
-        mentions: List[Mention] = getattr(ann, kind)
-        if not mentions:
-            continue
-        spans = []
-        for m in mentions:
-            offsets = (m.start, m.end) if m.start is not None else finder.find(m.text)
-            span = _span(doc, offsets, m.label, report, kind)
-            if span is not None:
-                spans.append(span)
-        doc.spans[group] = spans
-        if kind == "entities":
-            kept = filter_spans(spans)
-            if len(kept) < len(spans):
-                report.warn("overlapping entities kept in doc.spans only, not doc.ents", len(spans) - len(kept))
-            doc.ents = kept
-    for kind in ("relations", "events"):
-        rels: List[Relation] = getattr(ann, kind)
-        if rels:
-            doc.user_data[(USER_DATA_KEY, kind)] = [
-                (rel.label, tuple(_arg(doc, rel, i, report) for i in range(len(rel.args)))) for rel in rels
-            ]
-    for key in ("task", "instruction"):
-        if getattr(ann, key) is not None:
-            doc.user_data[(USER_DATA_KEY, key)] = getattr(ann, key)
-    if ann.meta:
-        doc.user_data[(USER_DATA_KEY, "meta")] = dict(ann.meta)
-    return doc
-
-
-class _Finder:
-    """Offsets of strings without them: left to right, then anywhere."""
-
-    def __init__(self, text: str) -> None:
-        self.text, self.pos = text, 0
-
-    def find(self, value: str) -> Optional[Tuple[int, int]]:
-        start = self.text.find(value, self.pos)
-        if start < 0:
-            start = self.text.find(value)
-        if start < 0 or not value:
-            return None
-        self.pos = start + len(value)
-        return start, start + len(value)
-
-
-def _span(doc: Any, offsets: Optional[Tuple[int, int]], label: str, report: ReadReport, kind: str) -> Any:
-    if offsets is None:
-        report.warn(f"{kind} not found in the text (dropped)")
-        return None
-    span = doc.char_span(offsets[0], offsets[1], label=label, alignment_mode="expand")
-    if span is None:
-        report.warn(f"{kind} without a span (dropped)")
-        return None
-    if (span.start_char, span.end_char) != tuple(offsets):
-        report.warn(f"{kind} widened to token boundaries")
-    return span
-
-
-def _arg(doc: Any, rel: Relation, i: int, report: ReadReport) -> Tuple[str, Optional[int], Optional[int]]:
-    off = rel.offsets[i] if i < len(rel.offsets) else None
-    if off is None:
-        return (rel.args[i], None, None)
-    return (rel.args[i], int(off[0]), int(off[1]))
 
 
 def write_docbin(
@@ -162,67 +58,6 @@ def write_docbin(
         db.to_disk(tmp)
     report.written += written
     return written
-
-
-def doc_to_annotation(doc: Any, task: Optional[Task] = None) -> Annotation:
-    """What a Doc holds, as an Annotation (see the module docstring)."""
-    from spacy.tokens import Doc
-
-    stored = doc.user_data
-    name = stored.get((USER_DATA_KEY, "task"))
-    task_name = task.name if task is not None else name
-    label = None
-    if doc.cats and max(doc.cats.values()) > 0 and (task is None or task.text_labels):
-        label = max(doc.cats, key=lambda k: doc.cats[k])
-    ents = doc.spans[ENTITY_GROUP] if ENTITY_GROUP in doc.spans else doc.ents
-    sentiments = doc.spans[SENTIMENT_GROUP] if SENTIMENT_GROUP in doc.spans else ()
-    tuples: Dict[str, List[Relation]] = {}
-    for kind in ("relations", "events"):
-        raw = stored.get((USER_DATA_KEY, kind))
-        if raw is not None:
-            tuples[kind] = [
-                Relation(label_, tuple(a[0] for a in args), tuple(
-                    (a[1], a[2]) if a[1] is not None else None for a in args
-                ))
-                for label_, args in raw
-            ]
-        elif Doc.has_extension(kind):
-            tuples[kind] = [_relation_from_extension(item) for item in getattr(doc._, kind) or ()]
-        else:
-            tuples[kind] = []
-    instruction = stored.get((USER_DATA_KEY, "instruction"))
-    if instruction is None and task is not None and len(task.instructions) > 1:
-        used = [wl.instruction for wl in task.word_levels if tuples.get(wl.kind) or (
-            wl.kind == "entities" and len(ents)) or (wl.kind == "sentiments" and len(sentiments))]
-        instruction = used[0] if len(used) == 1 else None
-    return Annotation(
-        text=doc.text,
-        task=task_name,
-        label=label,
-        instruction=instruction,
-        entities=[Mention(s.label_, s.text, s.start_char, s.end_char) for s in ents],
-        sentiments=[Mention(s.label_, s.text, s.start_char, s.end_char) for s in sentiments],
-        relations=tuples["relations"],
-        events=tuples["events"],
-        meta=dict(stored.get((USER_DATA_KEY, "meta")) or {}),
-    )
-
-
-def _relation_from_extension(item: Any) -> Relation:
-    """A relation from `doc._.relations`: an object with `label` and `args`
-    (Spans or strings), a Relation-style dict, or a (label, args) pair."""
-    if isinstance(item, dict):
-        return Relation.from_dict(item)
-    label, args = (item.label, item.args) if hasattr(item, "args") else item
-    texts, offsets = [], []
-    for arg in args:
-        if hasattr(arg, "start_char"):
-            texts.append(arg.text)
-            offsets.append((arg.start_char, arg.end_char))
-        else:
-            texts.append(str(arg))
-            offsets.append(None)
-    return Relation(str(label), tuple(texts), tuple(offsets))
 
 
 def read_docbin(
