@@ -1,35 +1,47 @@
 """The `giellm` spaCy component: Doc -> prompt -> backend -> parse -> align.
 
-It only orchestrates: the format lives in `format`, offsets in `align`, the
-model in a backend from the `giellm_backends` registry.
+It only orchestrates, the way spaCy's trainable pipes do: `predict(docs)`
+asks the model and reads its outputs without touching a Doc
+(`prediction`), `set_annotations(docs, predictions)` writes them (`docs`).
+The format lives in `format`, the parts a long doc is cut into in `parts`,
+offsets in `align`, the model in a backend from the `giellm_backends`
+registry.
 """
 import json
 import logging
-import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from spacy import util
 from spacy.language import Language
 from spacy.pipeline import Pipe
 from spacy.tokens import Doc, Span
-from spacy.util import ensure_path, filter_spans, minibatch
+from spacy.util import ensure_path, filter_spans, minibatch, registry
 
-from .align import SpanMaker, StringLocator, split_tokens_at
-from .annotation import Annotation, Mention, Relation
-from .backends.base import TokenCounting
-from .format import build_input, parse_output
+from .align import SpanMaker, split_tokens_at
+from .backends.base import LabelScoring, TaskBinding, TokenCounting
+from .docs import GROUPS, TUPLE_KINDS, install_extensions, set_tuples
+# Where code written before `docs` looks for them.
+from .docs import ENTITY_GROUP, SENTIMENT_GROUP, annotation_from_doc  # noqa: F401
+from .format import build_input, label_marker, parse_output
+from .parts import doc_parts, fit_to_context
+from .prediction import DocPrediction, PartPrediction
 from .tasks import Task, get_task
 
 logger = logging.getLogger("spacy_giellm")
 
-SENTIMENT_GROUP = "giellm_sentiment"
-ENTITY_GROUP = "giellm_entities"
-# Relations and events live in user_data as plain tuples so that DocBin and
-# pickling keep them; `doc._.relations` rebuilds Spans from the offsets.
-_USER_DATA_KEY = "giellm"
-ENTS_POLICIES = ("overwrite", "merge", "keep")
+__all__ = ["GiellmComponent", "make_giellm", "DEFAULT_CONFIG", "ENTS_POLICIES",
+           "ENTITY_GROUP", "SENTIMENT_GROUP", "annotation_from_doc"]
+
+# How generated entities meet the pipeline's earlier ones in doc.ents:
+# spaCy's registered span filters (None: only the generated ones).
+ENTS_FILTERS: Dict[str, Optional[str]] = {
+    "overwrite": None,
+    "merge": "spacy.prioritize_new_ents_filter.v1",
+    "keep": "spacy.prioritize_existing_ents_filter.v1",
+}
+ENTS_POLICIES = tuple(ENTS_FILTERS)
 
 DEFAULT_CONFIG: Dict[str, Any] = {
     "task": "scnm",
@@ -46,58 +58,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class RelationRecord:
-    """A relation or event on a Doc: its label and arguments, each a Span
-    where the argument was found in the text, else the generated string."""
-
-    label: str
-    args: Tuple[Union[Span, str], ...]
-
-    @property
-    def head(self) -> Union[Span, str]:
-        return self.args[0]
-
-    @property
-    def tail(self) -> Union[Span, str]:
-        return self.args[-1]
-
-
-def _stored(kind: str) -> Callable[[Doc], List[RelationRecord]]:
-    def getter(doc: Doc) -> List[RelationRecord]:
-        records = []
-        for label, args in doc.user_data.get((_USER_DATA_KEY, kind), ()):
-            spans: List[Union[Span, str]] = []
-            for text, start, end in args:
-                span = doc.char_span(start, end, alignment_mode="expand") if start is not None else None
-                spans.append(span if span is not None else text)
-            records.append(RelationRecord(label, tuple(spans)))
-        return records
-
-    return getter
-
-
-def _store(kind: str) -> Callable[[Doc, Iterable[Any]], None]:
-    def setter(doc: Doc, value: Iterable[Any]) -> None:
-        stored = []
-        for record in value or ():
-            args = []
-            for arg in record.args:
-                if isinstance(arg, Span):
-                    args.append((arg.text, arg.start_char, arg.end_char))
-                else:
-                    args.append((str(arg), None, None))
-            stored.append((record.label, tuple(args)))
-        doc.user_data[(_USER_DATA_KEY, kind)] = stored
-
-    return setter
-
-
-for _kind in ("relations", "events"):
-    if not Doc.has_extension(_kind):
-        Doc.set_extension(_kind, getter=_stored(_kind), setter=_store(_kind))
-if not Doc.has_extension("giellm_output"):
-    Doc.set_extension("giellm_output", default=None)
+install_extensions()
 
 
 @Language.factory(
@@ -189,13 +150,14 @@ class GiellmComponent(Pipe):
         self.score_cats = score_cats
         self.scorer = scorer
         self.stats: Counter = Counter()
+        filter_name = ENTS_FILTERS[ents]
+        self._ents_filter = registry.misc.get(filter_name)() if filter_name else None
         self._bind_backend()
 
     def _bind_backend(self) -> None:
         """Tell a backend that can use it (constrained decoding) which task it serves."""
-        bind = getattr(self.backend, "bind_task", None)
-        if callable(bind):
-            bind(self.task, self.instruction)
+        if isinstance(self.backend, TaskBinding):
+            self.backend.bind_task(self.task, self.instruction)
 
     @property
     def _word_kind(self) -> Optional[str]:
@@ -211,36 +173,63 @@ class GiellmComponent(Pipe):
         return tuple(dict.fromkeys(labels))
 
     def __call__(self, doc: Doc) -> Doc:
-        return next(iter(self.pipe([doc])))
+        error_handler = self.get_error_handler()
+        try:
+            self.set_annotations([doc], self.predict([doc]))
+            return doc
+        except Exception as e:
+            error_handler(self.name, self, [doc], e)
+            return doc
 
     def pipe(self, stream: Iterable[Doc], *, batch_size: Optional[int] = None) -> Iterator[Doc]:
         # GiNZA sets nlp.batch_size to 1000: that many docs are gathered, and
         # generation runs over them in batches of our own batch_size.
-        for docs in minibatch(stream, size=max(batch_size or 0, self.batch_size)):
-            yield from self._process(list(docs))
+        error_handler = self.get_error_handler()
+        for batch in minibatch(stream, size=max(batch_size or 0, self.batch_size)):
+            docs = list(batch)
+            try:
+                self.set_annotations(docs, self.predict(docs))
+                yield from docs
+            except Exception as e:
+                error_handler(self.name, self, docs, e)
 
-    def _process(self, docs: List[Doc]) -> List[Doc]:
+    def predict(self, docs: Iterable[Doc]) -> List[DocPrediction]:
+        """What the model says about each doc, without touching the docs:
+        its parts' outputs, parses and label scores, and the char offsets
+        of what it found in the text."""
+        docs = list(docs)
         units: List[Tuple[int, int, str]] = []
         for i, doc in enumerate(docs):
             if doc.text.strip():
-                units.extend((i, start, text) for start, text in self._chunks(doc))
+                units.extend((i, start, text) for start, text in doc_parts(doc, self.max_chars, self.stats))
         skipped: Dict[int, str] = {}
         if isinstance(self.backend, TokenCounting):
-            units = self._fit_to_context(docs, units, skipped)
+            units = fit_to_context(docs, units, self._prompt_tokens, self.backend.max_prompt_tokens(), skipped, self.stats)
         prompts = [build_input(text, self.task, self.instruction) for _, _, text in units]
         outputs = self._generate(prompts)
         scores = self._label_scores(prompts)
-        per_doc: Dict[int, List[Tuple[int, str, str, Optional[Dict[str, float]]]]] = {}
+        predictions = [DocPrediction(skipped=skipped.get(i)) for i in range(len(docs))]
         for k, ((i, start, text), output) in enumerate(zip(units, outputs)):
-            per_doc.setdefault(i, []).append((start, text, output, scores[k] if scores else None))
+            parsed = parse_output(output, self.task, text=text)
+            predictions[i].add(PartPrediction(start, text, output, parsed, scores[k] if scores else None))
+        for prediction in predictions:
+            self.stats["generations"] += len(prediction.parts)
+            self.stats["problems"] += len(prediction.problems)
+            self.stats["not_found"] += len(prediction.not_found)
+        return predictions
+
+    def set_annotations(self, docs: Iterable[Doc], predictions: Sequence[DocPrediction]) -> None:
+        """Write what `predict` found onto the docs."""
+        docs = list(docs)
         problems_in_batch = 0
-        for i, doc in enumerate(docs):
-            if i in skipped:
+        skipped = {i: p.skipped for i, p in enumerate(predictions) if p.skipped is not None}
+        for doc, prediction in zip(docs, predictions):
+            if prediction.skipped is not None:
                 # returned as it came, with the reason where the output would be
-                doc._.giellm_output = {"skipped": skipped[i], "outputs": [], "problems": [],
+                doc._.giellm_output = {"skipped": prediction.skipped, "outputs": [], "problems": [],
                                        "not_found": [], "misaligned": []}
                 continue
-            problems_in_batch += self._annotate(doc, per_doc.get(i, []))
+            problems_in_batch += self._annotate(doc, prediction)
         if skipped:
             self.stats["skipped_docs"] += len(skipped)
             logger.warning(
@@ -253,7 +242,6 @@ class GiellmComponent(Pipe):
                 "giellm: %d malformed or unplaceable pieces in a batch of %d docs were dropped "
                 "(store_output=true keeps them on doc._.giellm_output)", problems_in_batch, len(docs)
             )
-        return docs
 
     def _generate(self, prompts: List[str]) -> List[str]:
         # Prompts of like length share a generation batch: less padding.
@@ -270,184 +258,61 @@ class GiellmComponent(Pipe):
                 outputs[k] = output
         return outputs
 
-    def _label_scores(self, prompts: List[str]) -> Optional[List[Dict[str, float]]]:
-        """Real label probabilities where the backend can give them."""
-        scorer = getattr(self.backend, "label_scores", None)
-        if not self.score_cats or scorer is None or not self.task.text_labels or not prompts:
-            return None
-        return scorer(prompts, [f"<{label}>" for label in self.task.text_labels])
-
-    def _chunks(self, doc: Doc) -> List[Tuple[int, str]]:
-        """(char offset, text) parts of at most max_chars, cut at sentence
-        ends where possible, so that no text is silently truncated."""
-        text = doc.text
-        if len(text) <= self.max_chars:
-            return [(0, text)]
-        self.stats["split_docs"] += 1
-        if doc.has_annotation("SENT_START"):
-            bounds = [sent.end_char for sent in doc.sents]
-        else:
-            bounds = [m.end() for m in re.finditer(r"[。！？!?\n]+", text)] + [len(text)]
-        token_ends = [t.idx + len(t.text) for t in doc]
-        chunks, start, last_end = [], 0, 0
-        for end in sorted(set(bounds)):
-            if end - start <= self.max_chars:
-                last_end = end
-                continue
-            if last_end > start:
-                chunks.append((start, last_end))
-                start = last_end
-            while end - start > self.max_chars:  # one sentence too long: cut at a token end
-                cut = max((e for e in token_ends if start < e <= start + self.max_chars), default=start + self.max_chars)
-                chunks.append((start, cut))
-                self.stats["hard_cuts"] += 1
-                start = cut
-            last_end = end
-        if last_end > start:
-            chunks.append((start, last_end))
-        return [(s, text[s:e]) for s, e in chunks if text[s:e].strip()]
-
-    def _fit_to_context(
-        self, docs: List[Doc], units: List[Tuple[int, int, str]], skipped: Dict[int, str]
-    ) -> List[Tuple[int, int, str]]:
-        """Cut the parts whose prompt the backend cannot take (by its own token
-        count: max_chars is only a first cut, and 1,000 emoji are 4,000
-        tokens) at sentence or token ends until they fit. A doc with a part
-        that no cut makes fit goes into `skipped` with the reason."""
-        limit = self.backend.max_prompt_tokens()
-        counts = self._prompt_tokens([text for _, _, text in units])
-        fitted: List[Tuple[int, int, str]] = []
-        for (i, start, text), n in zip(units, counts):
-            if n <= limit:
-                fitted.append((i, start, text))
-                continue
-            self.stats["token_splits"] += 1
-            parts = self._split_to_fit(docs[i], start, start + len(text), limit)
-            if parts is None:
-                skipped.setdefault(i, (
-                    f"a part of {len(text)} chars needs {n} prompt tokens, the backend takes {limit} "
-                    "(its context less max_new_tokens), and no sentence or token end splits it to fit"
-                ))
-            else:
-                fitted.extend((i, s, docs[i].text[s:e]) for s, e in parts)
-        return [u for u in fitted if u[0] not in skipped]
-
     def _prompt_tokens(self, texts: List[str]) -> List[int]:
         prompts = [build_input(t, self.task, self.instruction) for t in texts]
         return self.backend.count_prompt_tokens(prompts)
 
-    def _split_to_fit(self, doc: Doc, start: int, end: int, limit: int) -> Optional[List[Tuple[int, int]]]:
-        """doc.text[start:end] halved (at the sentence end, else the token end,
-        nearest the middle) until every part's prompt fits; None if a single
-        token does not fit. Tokens are never cut: a mention could not be placed."""
-        cuts = []
-        if doc.has_annotation("SENT_START"):
-            cuts = [s.end_char for s in doc.sents if start < s.end_char < end]
-        if not cuts:
-            cuts = [t.idx + len(t.text) for t in doc if start < t.idx + len(t.text) < end]
-        if not cuts:
+    def _label_scores(self, prompts: List[str]) -> Optional[List[Dict[str, float]]]:
+        """Real label probabilities where the backend can give them, by label."""
+        if not self.score_cats or not isinstance(self.backend, LabelScoring) or not self.task.text_labels or not prompts:
             return None
-        mid = min(cuts, key=lambda c: abs(2 * c - start - end))
-        halves = [(a, b) for a, b in ((start, mid), (mid, end)) if doc.text[a:b].strip()]
-        parts: List[Tuple[int, int]] = []
-        for (a, b), n in zip(halves, self._prompt_tokens([doc.text[a:b] for a, b in halves])):
-            sub = [(a, b)] if n <= limit else self._split_to_fit(doc, a, b, limit)
-            if sub is None:
-                return None
-            parts.extend(sub)
-        return parts
+        labels = {label_marker(label): label for label in self.task.text_labels}
+        rows = self.backend.label_scores(prompts, list(labels))
+        return [{labels.get(marker, marker): score for marker, score in row.items()} for row in rows]
 
-    def _annotate(self, doc: Doc, parts: List[Tuple[int, str, str, Optional[Dict[str, float]]]]) -> int:
-        problems: List[str] = []
-        not_found: List[str] = []
-        entities: List[Tuple[str, int, int]] = []
-        sentiments: List[Tuple[str, int, int]] = []
-        tuples: Dict[str, List[Tuple[str, Tuple[Tuple[str, Optional[int], Optional[int]], ...]]]] = {
-            "relations": [],
-            "events": [],
-        }
-        label_votes: Counter = Counter()
-        for start, text, output, scores in parts:
-            parsed = parse_output(output, self.task, text=text)
-            self.stats["generations"] += 1
-            problems.extend(parsed.problems)
-            ann = parsed.annotation
-            if scores:
-                for label, score in scores.items():
-                    label_votes[label.strip("<>")] += score * len(text)
-            elif ann.label is not None:
-                label_votes[ann.label] += len(text)
-            locator = StringLocator(text)
-            for kind, out in (("entities", entities), ("sentiments", sentiments)):
-                locator.prev = None
-                for m in getattr(ann, kind):
-                    hit = locator.locate(m.text)
-                    if hit is None:
-                        not_found.append(m.text)
-                    else:
-                        out.append((m.label, start + hit[0], start + hit[1]))
-            for kind in ("relations", "events"):
-                for rel in getattr(ann, kind):
-                    args = []
-                    for arg in rel.args:
-                        hit = locator.locate(arg, ordered=False)
-                        if hit is None:
-                            not_found.append(arg)
-                            args.append((arg, None, None))
-                        else:
-                            args.append((doc.text[start + hit[0] : start + hit[1]], start + hit[0], start + hit[1]))
-                    tuples[kind].append((rel.label, tuple(args)))
-        self.stats["problems"] += len(problems)
-        self.stats["not_found"] += len(not_found)
-
+    def _annotate(self, doc: Doc, prediction: DocPrediction) -> int:
         if self.task.text_labels:
-            total = sum(label_votes.values())
             # update, not replace: several giellm pipes (topic, sentiment) share doc.cats
-            doc.cats.update(
-                {label: (label_votes[label] / total if total else 0.0) for label in self.task.text_labels}
-            )
+            doc.cats.update(prediction.cats(self.task.text_labels))
+        found = prediction.found
         if self.split_tokens:
-            offsets = [(s, e) for _, s, e in entities + sentiments]
-            offsets += [(s, e) for rels in tuples.values() for _, args in rels for _, s, e in args if s is not None]
-            self.stats["split_tokens"] += split_tokens_at(doc, offsets)
+            offsets = [(m.start, m.end) for m in found.entities + found.sentiments]
+            offsets += [o for rels in (found.relations, found.events) for rel in rels for o in rel.offsets if o is not None]
+            self.stats["split_tokens"] += split_tokens_at(doc, offsets)  # type: ignore[arg-type]
         maker = SpanMaker(doc, "strict" if self.split_tokens else self.alignment_mode)
-        entity_spans = [sp for label, s, e in entities if (sp := maker.span(s, e, label)) is not None]
-        sentiment_spans = [sp for label, s, e in sentiments if (sp := maker.span(s, e, label)) is not None]
+        spans = {
+            kind: [sp for m in getattr(found, kind) if (sp := maker.span(m.start, m.end, m.label)) is not None]  # type: ignore[arg-type]
+            for kind in GROUPS
+        }
         self.stats["misaligned"] += len(maker.misaligned)
         # Only the kind this pipe's instruction produces: a TCREE task has a
         # relation and an event level, and a pipe for one must not wipe what
         # another giellm pipe wrote for the other.
         kind = self._word_kind
-        if kind == "entities":
-            doc.spans[ENTITY_GROUP] = entity_spans
-            doc.ents = self._merge_ents(doc, entity_spans)
-        elif kind == "sentiments":
-            doc.spans[SENTIMENT_GROUP] = sentiment_spans
-        elif kind in tuples:
-            doc.user_data[(_USER_DATA_KEY, kind)] = tuples[kind]
+        if kind in GROUPS:
+            doc.spans[GROUPS[kind]] = spans[kind]
+            if kind == "entities":
+                doc.ents = self._merge_ents(doc, spans[kind])
+        elif kind in TUPLE_KINDS:
+            set_tuples(doc, kind, getattr(found, kind))
         if self.store_output:
             doc._.giellm_output = {
-                "outputs": [output for _, _, output, _ in parts],
-                "problems": problems,
-                "not_found": not_found,
+                "outputs": [part.output for part in prediction.parts],
+                "problems": prediction.problems,
+                "not_found": prediction.not_found,
                 "misaligned": [list(o) for o in maker.misaligned],
             }
-        return len(problems) + len(not_found) + len(maker.misaligned)
+        return len(prediction.problems) + len(prediction.not_found) + len(maker.misaligned)
 
     def _merge_ents(self, doc: Doc, ours: List[Span]) -> List[Span]:
         """doc.ents cannot overlap: the longest of overlapping generated
         entities wins (all are kept in doc.spans["giellm_entities"]); then the
-        policy says whether ours or the pipeline's earlier entities win."""
+        policy's span filter says whether ours or the pipeline's earlier
+        entities win (`overwrite`: only ours)."""
         ours = filter_spans(ours)
-        if self.ents_policy == "overwrite":
+        if self._ents_filter is None:
             return ours
-        theirs = list(doc.ents)
-        first, second = (ours, theirs) if self.ents_policy == "merge" else (theirs, ours)
-        taken = {i for span in first for i in range(span.start, span.end)}
-        return sorted(
-            first + [s for s in second if not taken.intersection(range(s.start, s.end))],
-            key=lambda s: s.start,
-        )
+        return sorted(self._ents_filter(doc.ents, ours), key=lambda s: s.start)
 
     def score(self, examples: Iterable[Any], **kwargs: Any) -> Dict[str, Any]:
         if self.scorer is None:
@@ -456,64 +321,33 @@ class GiellmComponent(Pipe):
 
     # The weights are not part of the pipeline directory: the config keeps the
     # model reference (hub id or path) and the backend loads it on first use.
+    # What is saved is the task (`exclude=["task"]` leaves it out).
     def to_disk(self, path: Union[str, Path], *, exclude: Sequence[str] = ()) -> None:
         path = ensure_path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "task.json").write_text(
+        serializers = {"task.json": lambda p: p.write_text(
             json.dumps(self.task.to_dict(), ensure_ascii=False, indent=2), encoding="utf8"
-        )
+        )}
+        util.to_disk(path, serializers, exclude)
 
     def from_disk(self, path: Union[str, Path], *, exclude: Sequence[str] = ()) -> "GiellmComponent":
-        task_file = ensure_path(path) / "task.json"
-        if task_file.exists():
-            self.task = Task.from_dict(json.loads(task_file.read_text(encoding="utf8")), source=str(task_file))
-            self._bind_backend()
+        def load_task(task_file: Path) -> None:
+            if task_file.exists():
+                self._set_task(Task.from_dict(json.loads(task_file.read_text(encoding="utf8")), source=str(task_file)))
+
+        util.from_disk(ensure_path(path), {"task.json": load_task}, exclude)
         return self
 
     def to_bytes(self, *, exclude: Sequence[str] = ()) -> bytes:
+        if "task" in exclude:
+            return b""
         return json.dumps(self.task.to_dict(), ensure_ascii=False).encode("utf8")
 
     def from_bytes(self, data: bytes, *, exclude: Sequence[str] = ()) -> "GiellmComponent":
-        self.task = Task.from_dict(json.loads(data.decode("utf8")))
-        self._bind_backend()
+        if "task" not in exclude and data:
+            self._set_task(Task.from_dict(json.loads(data.decode("utf8"))))
         return self
 
-
-def annotation_from_doc(doc: Doc, task: Optional[Task] = None) -> Annotation:
-    """What a Doc says, as an Annotation: gold docs (cats, ents, span groups,
-    relations/events) and docs the component annotated read the same way.
-    With a task, only its labels count (GiNZA's own ENE entities do not)."""
-    text_labels = set(task.text_labels) if task else None
-    cats = {k: v for k, v in doc.cats.items() if text_labels is None or k in text_labels}
-    label = max(cats, key=cats.get) if cats and max(cats.values()) > 0 else None
-
-    def mentions(spans: Iterable[Span], kind: str) -> List[Mention]:
-        allowed = None
-        if task is not None:
-            levels = [wl for wl in task.word_levels if wl.kind == kind]
-            if not levels:
-                return []
-            allowed = set(levels[0].labels) or None
-        return [
-            Mention(s.label_, s.text, s.start_char, s.end_char)
-            for s in spans
-            if allowed is None or s.label_ in allowed
-        ]
-
-    def relations(kind: str) -> List[Relation]:
-        out = []
-        for rel_label, args in doc.user_data.get((_USER_DATA_KEY, kind), ()):
-            out.append(Relation(rel_label, tuple(a[0] for a in args), tuple(
-                (a[1], a[2]) if a[1] is not None else None for a in args
-            )))
-        return out
-
-    return Annotation(
-        text=doc.text,
-        task=task.name if task else None,
-        label=label,
-        entities=mentions(doc.ents, "entities"),
-        sentiments=mentions(doc.spans.get(SENTIMENT_GROUP, []), "sentiments"),
-        relations=relations("relations"),
-        events=relations("events"),
-    )
+    def _set_task(self, task: Task) -> None:
+        self.task = task
+        self._bind_backend()

@@ -14,7 +14,7 @@ from spacy.tokens import DocBin
 from spacy.training import Example
 
 from spacy_giellm import Annotation, Mention, Relation, build_input, get_task, render_output
-from spacy_giellm.component import annotation_from_doc
+from spacy_giellm.docs import RelationRecord, annotation_from_doc
 from spacy_giellm.registry import giellm_backends
 
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -210,6 +210,110 @@ def test_ents_policies(fresh, policy):
         "keep": ginza,  # GiNZA's win where they overlap
     }[policy]
     assert got == expected
+
+
+def test_keep_drops_a_generated_entity_inside_a_longer_one_that_loses(fresh):
+    """`keep`: overlapping generated entities are filtered first (the
+    longest wins), then the pipeline's entities win: a generated entity
+    inside a longer generated one stays out even where the longer one loses."""
+    text = "太郎は東京に住んでいる。"
+    ginza = {(e.text, e.label_) for e in fresh(text).ents}
+    assert {"太郎", "東京"} <= {t for t, _ in ginza}, ginza
+    task = get_task("ner-ja")
+    # `は` lies inside the longer generated entity, and outside GiNZA's
+    out = render_output(Annotation(text=text, entities=[Mention("人名", "太郎は東京"), Mention("地名", "は")]), task)
+    _add(fresh, "giellm_nested", {build_input(text, task): out}, ents="keep")
+    doc = fresh(text)
+    assert [(s.text, s.label_) for s in doc.spans["giellm_entities"]] == [("太郎は東京", "人名"), ("は", "地名")]
+    assert {(e.text, e.label_) for e in doc.ents} == ginza
+    fresh.remove_pipe("giellm_nested")
+    _add(fresh, "giellm_nested", {build_input(text, task): out}, ents="merge")
+    assert [(e.text, e.label_) for e in fresh(text).ents if e.label_ in ("人名", "地名")] == [("太郎は東京", "人名")]
+
+
+def test_predict_leaves_docs_alone_and_set_annotations_writes(fresh):
+    text = "太郎は東京に住んでいる。"
+    task = get_task("ner-ja")
+    out = render_output(Annotation(text=text, entities=[Mention("人名", "太郎"), Mention("地名", "京都")]), task)
+    pipe = _add(fresh, "giellm_predict", {build_input(text, task): out}, store_output=True)
+    doc = fresh.make_doc(text)
+    [prediction] = pipe.predict([doc])
+    assert (list(doc.ents), dict(doc.spans), doc.cats, doc._.giellm_output) == ([], {}, {}, None)
+    assert [part.output for part in prediction.parts] == [out]
+    assert prediction.parts[0].parse.annotation.entities == [Mention("人名", "太郎"), Mention("地名", "京都")]
+    assert [(m.label, m.start, m.end) for m in prediction.found.entities] == [("人名", 0, 2)]
+    assert prediction.not_found == ["京都"] and prediction.skipped is None
+    pipe.set_annotations([doc], [prediction])
+    assert [(e.text, e.label_) for e in doc.ents] == [("太郎", "人名")]
+    assert doc._.giellm_output["not_found"] == ["京都"]
+
+
+class _Failing:
+    def generate(self, prompts):
+        if any("失敗" in p for p in prompts):
+            raise RuntimeError("backend down")
+        return ["Named Entity Recognition:人名;太郎" if "太郎" in p else "Named Entity Recognition" for p in prompts]
+
+
+@giellm_backends.register("test.Failing.v1")
+def make_failing() -> _Failing:
+    return _Failing()
+
+
+def test_error_handler_gets_the_failing_batch():
+    nlp = spacy.blank("ja")
+    nlp.add_pipe("giellm", name="giellm_fail", config={
+        "task": "ner-ja", "batch_size": 1, "backend": {"@giellm_backends": "test.Failing.v1"}})
+    texts = ["太郎が来た。", "失敗した。", "花子が来た。"]
+    with pytest.raises(RuntimeError, match="backend down"):
+        list(nlp.pipe(texts))
+    failed = []
+    nlp.set_error_handler(lambda name, proc, docs, e: failed.append((name, [d.text for d in docs], str(e))))
+    docs = list(nlp.pipe(texts, batch_size=1))
+    doc = nlp("失敗した。")
+    assert failed == [("giellm_fail", ["失敗した。"], "backend down")] * 2
+    assert [d.text for d in docs] == ["太郎が来た。", "花子が来た。"]
+    assert [(e.text, e.label_) for e in docs[0].ents] == [("太郎", "人名")]
+    assert doc.text == "失敗した。" and list(doc.ents) == []
+
+
+def test_serialization_honours_exclude(fresh, tmp_path):
+    task = get_task("tcree").with_labels(word_labels={"relations": ["住所"]})
+    pipe = _add(fresh, "giellm_exclude", {}, task=task.to_dict(), instruction="Relation Extraction")
+    pipe.to_disk(tmp_path / "all")
+    pipe.to_disk(tmp_path / "none", exclude=["task"])
+    assert [p.name for p in (tmp_path / "all").iterdir()] == ["task.json"]
+    assert list((tmp_path / "none").iterdir()) == []
+    other = _add(fresh, "giellm_exclude2", {}, task="tcree", instruction="Relation Extraction")
+    other.from_disk(tmp_path / "all", exclude=["task"])
+    assert other.task == get_task("tcree")
+    other.from_disk(tmp_path / "all")
+    assert other.task == task
+    plain = json.dumps(get_task("tcree").to_dict(), ensure_ascii=False).encode("utf8")
+    other.from_bytes(plain, exclude=["task"])
+    assert other.task == task
+    other.from_bytes(plain)
+    assert other.task == get_task("tcree")
+    assert pipe.to_bytes(exclude=["task"]) == b""
+    assert json.loads(pipe.to_bytes()) == task.to_dict()
+
+
+def test_relation_spans_are_built_once_per_doc(fresh):
+    text = "トヨタは日産と提携した。"
+    tcree = get_task("tcree").with_labels(word_labels={"relations": ["提携"]})
+    ann = Annotation(text=text, label="IT", instruction="Relation Extraction", relations=[Relation("提携", ("トヨタ", "日産"))])
+    _add(fresh, "giellm_once", {build_input(text, tcree, "Relation Extraction"): render_output(ann, tcree)},
+         task=tcree.to_dict(), instruction="Relation Extraction")
+    doc = fresh(text)
+    stored = doc.user_data[("giellm", "relations")]
+    first, again = doc._.relations, doc._.relations
+    assert first == again and [a.text for a in first[0].args] == ["トヨタ", "日産"]
+    assert doc.user_data[("giellm", "relations")] is stored  # reading stores nothing
+    # setting new records (Spans or strings) replaces what the getter shows
+    doc._.relations = [RelationRecord("提携", (doc[0:1], "どこか"))]
+    assert [(r.label, [a if isinstance(a, str) else a.text for a in r.args]) for r in doc._.relations] == [
+        ("提携", ["トヨタ", "どこか"])
+    ]
 
 
 def test_to_disk_round_trip_keeps_config_and_task(fresh, tmp_path):
