@@ -5,7 +5,8 @@ Every held-out record goes through a spaCy pipeline (a tokenizer + the
 from the record (corpora.read_jsonl). One generation gives two scores:
 
 * `model`: the raw generated string read with `format.parse_output`, as the
-  GIELLM paper scores (strings, no alignment);
+  GIELLM paper scores (strings, no alignment); a long doc the component
+  generated in parts is read part by part (`model_annotation`);
 * `pipeline`: what the Doc carries afterwards (`annotation_from_doc`), i.e.
   after spans were placed on tokens; spans the text does not contain are lost.
 
@@ -15,14 +16,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..annotation import Annotation
 from ..format import parse_output
 from ..scoring import calibration, score_annotations
 from ..tasks import Task
 from ..util import atomic_path, atomic_write_json, atomic_write_text
+
+Pairs = List[Tuple[Annotation, Annotation]]
 
 PathLike = Union[str, Path]
 
@@ -124,6 +128,58 @@ def _group_name(key: Tuple[str, Optional[str]]) -> str:
     return key[0] if key[1] is None else f"{key[0]} ({key[1]})"
 
 
+def model_annotation(outputs: Sequence[str], task: Task, text: Optional[str]) -> Tuple[Annotation, List[str]]:
+    """What the generated strings of one doc say, and their parse problems.
+
+    A doc the component generated in parts has one output per part: each is
+    parsed on its own (joined, the second part's label and instruction word
+    would be read as word-level text), and their word-level items are
+    pooled. The text label is the one most parts generated (the first of
+    those tied). One output is read exactly as `parse_output` reads it."""
+    parses = [parse_output(out, task, text) for out in outputs] or [parse_output("", task, text)]
+    if len(parses) == 1:
+        return parses[0].annotation, parses[0].problems
+    anns = [p.annotation for p in parses]
+    labels = Counter(a.label for a in anns if a.label is not None)
+    merged = Annotation(
+        text=text,
+        task=task.name,
+        label=labels.most_common(1)[0][0] if labels else None,
+        instruction=anns[0].instruction,
+    )
+    for ann in anns:
+        merged.entities += ann.entities
+        merged.sentiments += ann.sentiments
+        merged.relations += ann.relations
+        merged.events += ann.events
+    return merged, [problem for p in parses for problem in p.problems]
+
+
+def evaluate_group(
+    nlp: Any, task: Task, golds: Sequence[Annotation], instruction: Optional[str] = None
+) -> Tuple[Pairs, Pairs, List[Tuple[Optional[str], Dict[str, float]]], List[Dict[str, Any]]]:
+    """Run the gold texts through `nlp`, whose one giellm pipe (with
+    store_output) does `task`. Returns (gold, model annotation) pairs,
+    (gold, Doc annotation) pairs, (gold label, doc.cats) pairs and one
+    prediction row per record."""
+    from ..component import annotation_from_doc
+
+    docs = list(nlp.pipe([g.text or "" for g in golds]))
+    model_pairs, pipe_pairs, cats_pairs, rows = [], [], [], []
+    for gold, doc in zip(golds, docs):
+        outputs = (doc._.giellm_output or {}).get("outputs", [])
+        predicted, problems = model_annotation(outputs, task, gold.text)
+        model_pairs.append((gold, predicted))
+        pipe_pairs.append((gold, annotation_from_doc(doc, task)))
+        cats = {k: v for k, v in doc.cats.items() if k in task.text_labels}
+        cats_pairs.append((gold.label, cats))
+        rows.append({
+            "task": task.name, "instruction": instruction, "text": gold.text, "output": "".join(outputs),
+            "problems": problems, "cats": cats,
+        })
+    return model_pairs, pipe_pairs, cats_pairs, rows
+
+
 def evaluate(
     model: PathLike,
     data: PathLike,
@@ -141,18 +197,15 @@ def evaluate(
     writes metrics.json, metrics.md and (optionally) predictions.jsonl to
     `output_dir`. Returns the metrics."""
     t0 = time.time()
-    out_dir = Path(output_dir)
     groups = load_gold(data)
     if limit:
         groups = {k: (t, anns[:limit]) for k, (t, anns) in groups.items()}
     backend_cfg = backend_config(model, max_new_tokens=max_new_tokens, batch_size=batch_size, constrained=constrained)
     nlp = make_nlp(nlp_base)
     results: Dict[str, Any] = {}
-    all_model: List[Tuple[Annotation, Annotation]] = []
-    all_pipe: List[Tuple[Annotation, Annotation]] = []
+    all_model: Pairs = []
+    all_pipe: Pairs = []
     rows_out: List[Dict[str, Any]] = []
-    from ..component import annotation_from_doc
-
     for i, (key, (task, golds)) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
         name = f"giellm_{i}"
         add_giellm(
@@ -160,24 +213,11 @@ def evaluate(
             instruction=key[1], batch_size=batch_size, store_output=True, split_tokens=True,
         )
         t_group = time.time()
-        docs = list(nlp.pipe([g.text or "" for g in golds]))
+        model_pairs, pipe_pairs, cats_pairs, rows = evaluate_group(nlp, task, golds, key[1])
         nlp.remove_pipe(name)
-        model_pairs, pipe_pairs, cats_pairs = [], [], []
-        for gold, doc in zip(golds, docs):
-            outputs = (doc._.giellm_output or {}).get("outputs", [])
-            raw = "".join(outputs)
-            parsed = parse_output(raw, task, gold.text)
-            model_pairs.append((gold, parsed.annotation))
-            pipe_pairs.append((gold, annotation_from_doc(doc, task)))
-            cats = {k: v for k, v in doc.cats.items() if k in task.text_labels}
-            cats_pairs.append((gold.label, cats))
-            if predictions:
-                rows_out.append({
-                    "task": task.name, "instruction": key[1], "text": gold.text, "output": raw,
-                    "problems": parsed.problems, "cats": cats,
-                })
         all_model += model_pairs
         all_pipe += pipe_pairs
+        rows_out += rows
         results[_group_name(key)] = {
             "sequences": len(golds),
             "seconds": round(time.time() - t_group, 1),
@@ -202,7 +242,7 @@ def evaluate(
         "seconds": round(time.time() - t0, 1),
         "results": results,
     }
-    _write_metrics(out_dir, metrics, rows_out if predictions else None)
+    _write_metrics(Path(output_dir), metrics, rows_out if predictions else None)
     return metrics
 
 
@@ -244,4 +284,4 @@ def markdown_table(metrics: Dict[str, Any], level: str = "model") -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["evaluate", "backend_config", "make_backend", "make_nlp", "add_giellm", "markdown_table", "load_gold"]
+__all__ = ["evaluate", "evaluate_group", "model_annotation", "backend_config", "make_backend", "make_nlp", "add_giellm", "markdown_table", "load_gold"]
