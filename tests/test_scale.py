@@ -89,6 +89,7 @@ def test_gguf_label_scores_match_hf(hf, gguf):
 
 
 def test_unconstrained_label_is_the_argmax_when_one_is_generated(hf, gguf):
+    checked = 0
     for backend in (hf, gguf):
         outputs = backend.generate(PROMPTS)
         scores = backend.label_scores(PROMPTS, CANDIDATES)
@@ -96,9 +97,14 @@ def test_unconstrained_label_is_the_argmax_when_one_is_generated(hf, gguf):
             started = [c for c in CANDIDATES if out.startswith(c)]
             if started:  # single-token labels: greedy picked the best of them
                 assert started[0] == max(row, key=row.get)
+                checked += 1
+    if not checked:
+        pytest.skip("no unconstrained output began with a text label: nothing to compare")
 
 
-def test_constrained_outputs_keep_to_the_format(hf, gguf, constrained):
+@pytest.mark.usefixtures("constrained")
+def test_constrained_outputs_keep_to_the_format(hf, gguf):
+    complete = 0
     for backend in (hf, gguf):
         for text, out in zip(TEXTS, backend.generate(PROMPTS)):
             auto = FormatAutomaton(TASK, text)
@@ -108,9 +114,12 @@ def test_constrained_outputs_keep_to_the_format(hf, gguf, constrained):
             if not out.endswith("\ufffd") and auto.accepting(state):
                 parsed = parse_output(out, TASK, text=text)
                 assert parsed.ok and all(m.text in text for m in parsed.annotation.entities), out
+                complete += 1
+    assert complete, "no constrained output was complete: nothing was parsed"
 
 
-def test_constrained_label_is_the_argmax_and_backends_agree(hf, gguf, constrained):
+@pytest.mark.usefixtures("constrained")
+def test_constrained_label_is_the_argmax_and_backends_agree(hf, gguf):
     hf_ids, gg_ids = hf.generate_ids(PROMPTS), gguf.generate_ids(PROMPTS)
     assert sum(a == b for a, b in zip(hf_ids, gg_ids)) >= len(PROMPTS) - 1
     for backend in (hf, gguf):
@@ -120,9 +129,7 @@ def test_constrained_label_is_the_argmax_and_backends_agree(hf, gguf, constraine
 
 
 def test_component_cats_are_label_probabilities(tiny_model_dir, nlp):
-    import spacy
-
-    pipe = spacy.blank("ja")
+    pipe = nlp
     pipe.add_pipe("giellm", config={
         "task": "scnm",
         "batch_size": 3,
