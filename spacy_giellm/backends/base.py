@@ -1,5 +1,5 @@
 import math
-from typing import Any, Dict, List, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 
 @runtime_checkable
@@ -51,6 +51,24 @@ class LabelScoring(Protocol):
         ...
 
 
+def require_positive(backend_name: str, **values: int) -> None:
+    """ValueError naming the first of `values` (in order) that is below 1."""
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{backend_name}: {name} must be >= 1, got {value}")
+
+
+def loaded_attribute(attr: str, doc: str) -> Any:
+    """A read-only property giving `attr` after `self.load()` (which loads
+    the model on first use)."""
+
+    def get(self: Any) -> Any:
+        self.load()
+        return getattr(self, attr)
+
+    return property(get, doc=doc)
+
+
 class LocalModelBackend:
     """What the in-process backends (transformers, llama.cpp) share: the task
     binding that constrained decoding needs, and label scoring around the
@@ -58,9 +76,29 @@ class LocalModelBackend:
     `decode`, `_candidate_ids`, `_token_vocab` and `_candidate_logprobs`."""
 
     backend_name = "giellm backend"
+    # (shown as, attribute) of what `repr` names
+    _repr_fields: Tuple[Tuple[str, str], ...] = ()
     task: Any = None
     _vocab: Any = None
     _constrainer: Any = None
+
+    def _loaded_model(self) -> Any:
+        """The loaded model object, or None before `load()`."""
+        raise NotImplementedError
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded_model() is not None
+
+    def __repr__(self) -> str:
+        fields = "".join(f"{name}={getattr(self, attr)!r}, " for name, attr in self._repr_fields)
+        return f"{type(self).__name__}({fields}{'loaded' if self.is_loaded else 'not loaded'})"
+
+    def _init_task(self, constrained: bool, task: Any) -> None:
+        """Constrained decoding on or off, and the task given in the config, if any."""
+        self.constrained = constrained
+        if task is not None:
+            self.bind_task(task)
 
     def generate(self, prompts: List[str]) -> List[str]:
         """Greedy continuation of each prompt: only the new text, special tokens removed."""

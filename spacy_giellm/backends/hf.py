@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..registry import giellm_backends
-from .base import LocalModelBackend
+from .base import LocalModelBackend, loaded_attribute, require_positive
 
 __all__ = ["HFBackend", "make_hf_backend", "resolve_device", "resolve_dtype"]
 
@@ -108,6 +108,7 @@ class HFBackend(LocalModelBackend):
     """Greedy batched generation with a transformers causal LM (+ optional LoRA)."""
 
     backend_name = "giellm.HF.v1"
+    _repr_fields = (("model", "model_name"), ("adapter", "adapter"))
 
     def __init__(
         self,
@@ -125,10 +126,7 @@ class HFBackend(LocalModelBackend):
     ) -> None:
         if not model:
             raise ValueError("giellm.HF.v1: 'model' must be a Hub id or a local path")
-        if batch_size < 1:
-            raise ValueError(f"giellm.HF.v1: batch_size must be >= 1, got {batch_size}")
-        if max_new_tokens < 1:
-            raise ValueError(f"giellm.HF.v1: max_new_tokens must be >= 1, got {max_new_tokens}")
+        require_positive(self.backend_name, batch_size=batch_size, max_new_tokens=max_new_tokens)
         self.model_name = str(model)
         self.adapter = str(adapter) if adapter else None
         self.merge_adapter = merge_adapter
@@ -142,31 +140,12 @@ class HFBackend(LocalModelBackend):
         self._model: Any = None
         self._device: Optional[str] = None
         self._eos_ids: List[int] = []
-        self.constrained = constrained
-        if task is not None:
-            self.bind_task(task)
-
-    def __repr__(self) -> str:
-        state = "loaded" if self.is_loaded else "not loaded"
-        return f"HFBackend(model={self.model_name!r}, adapter={self.adapter!r}, {state})"
+        self._init_task(constrained, task)
 
     # ------------------------------------------------------------------ loading
 
-    @property
-    def is_loaded(self) -> bool:
-        return self._model is not None
-
-    @property
-    def tokenizer(self):
-        """The transformers tokenizer (loads the backend if needed)."""
-        self.load()
-        return self._tokenizer
-
-    @property
-    def model(self):
-        """The transformers model, in eval mode, on `self.device` (loads if needed)."""
-        self.load()
-        return self._model
+    tokenizer = loaded_attribute("_tokenizer", "The transformers tokenizer (loads the backend if needed).")
+    model = loaded_attribute("_model", "The transformers model, in eval mode, on `self.device` (loads if needed).")
 
     @property
     def device(self) -> str:
@@ -189,6 +168,9 @@ class HFBackend(LocalModelBackend):
                 check_model_files(path)
             return str(path)
         return name
+
+    def _loaded_model(self) -> Any:
+        return self._model
 
     def load(self) -> "HFBackend":
         """Load tokenizer, model and adapter now. Idempotent."""

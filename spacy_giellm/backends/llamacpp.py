@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set
 
 from ..registry import giellm_backends
-from .base import LocalModelBackend
+from .base import LocalModelBackend, loaded_attribute, require_positive
 from .gguf_check import validate_gguf
 
 __all__ = ["LlamaCppBackend", "make_llamacpp_backend", "physical_cores"]
@@ -89,6 +89,7 @@ class LlamaCppBackend(LocalModelBackend):
     """Greedy generation with a GGUF model through llama-cpp-python."""
 
     backend_name = "giellm.LlamaCpp.v1"
+    _repr_fields = (("model_path", "model_path"),)
 
     def __init__(
         self,
@@ -105,12 +106,7 @@ class LlamaCppBackend(LocalModelBackend):
     ) -> None:
         if not model_path:
             raise ValueError("giellm.LlamaCpp.v1: 'model_path' must be the path of a .gguf file")
-        if max_new_tokens < 1:
-            raise ValueError(f"giellm.LlamaCpp.v1: max_new_tokens must be >= 1, got {max_new_tokens}")
-        if n_ctx < 1:
-            raise ValueError(f"giellm.LlamaCpp.v1: n_ctx must be >= 1, got {n_ctx}")
-        if n_parallel < 1:
-            raise ValueError(f"giellm.LlamaCpp.v1: n_parallel must be >= 1, got {n_parallel}")
+        require_positive(self.backend_name, max_new_tokens=max_new_tokens, n_ctx=n_ctx, n_parallel=n_parallel)
         self.model_path = str(model_path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -126,30 +122,19 @@ class LlamaCppBackend(LocalModelBackend):
         self._byte: Set[int] = set()
         self._strip_leading_space = False
         self.n_parallel = n_parallel
-        self.constrained = constrained
         self._engine_: Any = None
-        if task is not None:
-            self.bind_task(task)
+        self._init_task(constrained, task)
 
-    def __repr__(self) -> str:
-        state = "loaded" if self.is_loaded else "not loaded"
-        return f"LlamaCppBackend(model_path={self.model_path!r}, {state})"
-
-    @property
-    def is_loaded(self) -> bool:
-        return self._llm is not None
-
-    @property
-    def llama(self):
-        """The underlying `llama_cpp.Llama` (loads if needed)."""
-        self.load()
-        return self._llm
+    llama = loaded_attribute("_llm", "The underlying `llama_cpp.Llama` (loads if needed).")
 
     @property
     def metadata(self) -> Dict[str, Any]:
         """What `validate_gguf` read from the file (loads if needed)."""
         self.load()
         return dict(self._meta)
+
+    def _loaded_model(self) -> Any:
+        return self._llm
 
     def load(self) -> "LlamaCppBackend":
         """Validate the GGUF file and load it. Idempotent."""

@@ -84,14 +84,14 @@ def gold_outputs(task: Any, records: Sequence[Dict[str, Any]]) -> Optional[List[
 def build_bench_models(out_dir: Path, texts: Sequence[str], task_name: str, gguf: bool = True) -> Tuple[Path, Optional[Path]]:
     """The tiny random-weight Llama the tests use (same layer sizes), with a
     tokenizer trained on `texts` and the task's markers; and its f32 GGUF."""
-    from ..format import build_input
+    from ..format import build_input, label_marker, pair_marker
     from ..tasks import get_task
     from ..training.tiny import build_tiny_llama
 
     task = get_task(task_name)
-    symbols = [f"<{label}>" for label in task.text_labels] + list(task.instructions)
+    symbols = [label_marker(label) for label in task.text_labels] + list(task.instructions)
     for wl in task.word_levels:
-        symbols += [f":{label};" for label in wl.labels]
+        symbols += [pair_marker(label) for label in wl.labels]
     corpus = list(texts) + [build_input(t, task) for t in texts[:50]]
     # the tests' 1000 pieces, or room for every character of a larger corpus
     needed = len(set("".join(corpus))) + 256 + 4 + len(symbols)

@@ -119,7 +119,7 @@ class _Run:
     def __init__(self, kind: str, cfg: BenchConfig, backend: Any) -> None:
         import spacy
 
-        from ..format import build_input
+        from ..format import build_input, label_marker
         from ..tasks import get_task
 
         self.kind, self.cfg, self.backend = kind, cfg, backend
@@ -127,7 +127,7 @@ class _Run:
         self.records = load_texts(cfg.texts, cfg.n)
         self.texts = [r["text"] for r in self.records]
         self.prompts = [build_input(t, self.task) for t in self.texts]
-        self.candidates = [f"<{label}>" for label in self.task.text_labels]
+        self.candidates = [label_marker(label) for label in self.task.text_labels]
         self.clock: Clock = time.process_time if cfg.threads == 1 else time.perf_counter
         self.nlp = spacy.blank("ja")
         self.docs = [self.nlp.make_doc(t) for t in self.texts]

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..format import label_marker
 from ..tasks import Task, WordLevel
 
 MAX_FREE_LABEL_CHARS = 30
@@ -75,9 +76,9 @@ def output_language(task: Task, instruction: Optional[str] = None, leading_space
     """The well-formed outputs for a prompt of `task` (with `instruction`)."""
     parts: List[Any] = []
     if task.text_labels:
-        parts.append(Alt(tuple(Lit(f"<{label}>") for label in task.text_labels)))
+        parts.append(Alt(tuple(Lit(label_marker(label)) for label in task.text_labels)))
     wl = task.word_level(instruction)
-    iw = wl.instruction if wl else task.instruction
+    iw = task.instruction_for(wl)
     if iw:
         parts.append(Lit(iw))
     if wl is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..format import parse_input
+from ..format import label_marker, parse_input
 from ..tasks import Task, get_task
 from .automaton import FormatAutomaton
 from .tokens import TokenAutomaton, TokenVocab
@@ -45,10 +45,9 @@ class PromptConstrainer:
         if found is None:
             found = []
             if self.tokenize is not None and self.task.text_labels:
-                wl = self.task.word_level(instruction)
-                iw = wl.instruction if wl else self.task.instruction
+                iw = self.task.instruction_for(instruction)
                 for label in self.task.text_labels:
-                    ids = list(self.tokenize(f"<{label}>" + (self.task.separator + iw if iw else "")))
+                    ids = list(self.tokenize(label_marker(label) + (self.task.separator + iw if iw else "")))
                     found.append(ids[:-1] if iw else ids)
                 if not all(found):  # a label shares its only token with the IW: no label stage
                     found = []

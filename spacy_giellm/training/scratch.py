@@ -17,6 +17,7 @@ def format_markers(tasks: Iterable[str]) -> List[str]:
     tokenizer: `<label>`, `:Label;`, one-word instruction words. Pieces with
     whitespace are left out: SentencePiece and the HF tokenizer disagree on
     user-defined symbols holding a space."""
+    from ..format import label_marker, pair_marker
     from ..tasks import task_named
 
     out: List[str] = []
@@ -25,11 +26,11 @@ def format_markers(tasks: Iterable[str]) -> List[str]:
             task = task_named(name)  # a name from data, never a file path
         except (KeyError, FileNotFoundError, ValueError):
             continue
-        out.extend(f"<{label}>" for label in task.text_labels)
+        out.extend(label_marker(label) for label in task.text_labels)
         out.extend(task.instructions)
         for wl in task.word_levels:
             if wl.is_pair:
-                out.extend(f":{label};" for label in wl.labels)
+                out.extend(pair_marker(label) for label in wl.labels)
             else:
                 out.extend(f";{label};" for label in wl.labels)
     return list(dict.fromkeys(m for m in out if not any(c.isspace() for c in m)))
