@@ -15,93 +15,16 @@ the task comes from the giellm component (`bind_task`) or the `task` setting.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..registry import giellm_backends
 from .base import LocalModelBackend, loaded_attribute, require_positive
+from .hf_files import check_model_files, looks_like_local_path, resolve_device, resolve_dtype
 
 __all__ = ["HFBackend", "make_hf_backend", "resolve_device", "resolve_dtype"]
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-
-_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-}
-
-
-def _looks_like_local_path(name: str) -> bool:
-    """True if `name` can only be a filesystem path, not a Hub repo id."""
-    if os.path.exists(os.path.expanduser(name)):
-        return True
-    if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in name:
-        return True
-    return not _HUB_ID.match(name)
-
-
-def resolve_device(device: str = "auto") -> str:
-    """"auto" -> cuda > mps > cpu; anything else is returned as given."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def resolve_dtype(dtype: str, device: str):
-    """"auto" -> bfloat16 on CUDA (float16 if the GPU lacks bf16), float32 elsewhere."""
-    import torch
-
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    key = _DTYPES.get(str(dtype).lower())
-    if key is None:
-        raise ValueError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
-    return getattr(torch, key)
-
-
-_JSON_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "special_tokens_map.json", "adapter_config.json")
-
-
-def check_model_files(path: Path) -> None:
-    """Raise ValueError naming a corrupt weights or JSON file in a local model
-    (or adapter) directory: transformers reports these without the file's
-    name (a bare SafetensorError, or a JSON error)."""
-    advice = "re-export the model, or download it again"
-    for f in sorted(path.glob("*.safetensors")):
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(f), framework="pt"):  # reads and checks the header only
-                pass
-        except Exception as e:  # SafetensorError, or a truncated file's OSError
-            raise ValueError(f"giellm.HF.v1: {str(f)!r} is not a readable safetensors file ({e}): {advice}") from e
-    for name in _JSON_FILES:
-        f = path / name
-        if f.is_file():
-            try:
-                json.loads(f.read_text(encoding="utf-8"))
-            except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                raise ValueError(f"giellm.HF.v1: {str(f)!r} is not valid JSON ({e}): {advice}") from e
 
 
 class HFBackend(LocalModelBackend):
@@ -156,7 +79,7 @@ class HFBackend(LocalModelBackend):
     def _source(self) -> str:
         """The string to hand to from_pretrained; checks local paths first."""
         name = self.model_name
-        if _looks_like_local_path(name):
+        if looks_like_local_path(name):
             path = Path(name).expanduser()
             if not path.exists():
                 raise FileNotFoundError(f"giellm.HF.v1: model path does not exist: {str(path)!r}")
@@ -247,7 +170,7 @@ class HFBackend(LocalModelBackend):
     def _adapter_source(self) -> Optional[str]:
         if self.adapter is None:
             return None
-        if _looks_like_local_path(self.adapter):
+        if looks_like_local_path(self.adapter):
             path = Path(self.adapter).expanduser()
             if not path.is_dir():
                 raise FileNotFoundError(f"giellm.HF.v1: adapter directory does not exist: {str(path)!r}")
