@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+from ..util import atomic_path
+
 IGNORE_INDEX = -100
 PathLike = Union[str, Path]
 
@@ -201,11 +203,9 @@ def split_and_mix(
             rows = sample_mix(parts[split], wanted, seed=seed, allow_fewer=True)
         else:
             rows = [r for name in sorted(parts[split]) for r in parts[split][name]]
-        tmp = out / f".{split}.jsonl.tmp"
-        with tmp.open("w", encoding="utf8") as f:
+        with atomic_path(out / f"{split}.jsonl") as tmp, tmp.open("w", encoding="utf8") as f:
             for rec in rows:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        tmp.replace(out / f"{split}.jsonl")
         counts[split] = dict(Counter(str(r.get("task")) for r in rows))
     return counts
 

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from ..util import atomic_dir
 from .evaluate import add_giellm, backend_config, load_gold, make_backend
 from .train import atomic_save
 
@@ -32,11 +33,8 @@ def merge(model_dir: PathLike, out_dir: PathLike) -> Dict[str, Any]:
         raise FileNotFoundError(f"{src} is neither a model nor a LoRA adapter directory")
     t0 = time.time()
     if not is_adapter(src):
-        tmp = out.parent / f".{out.name}.copy-tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        with atomic_dir(out) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
         return {"merged": False, "model": str(out), "source": str(src), "seconds": round(time.time() - t0, 1)}
     import torch
     from peft import PeftModel

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 from ..backends.gguf_check import validate_gguf
+from ..util import atomic_path
 from .llama_cpp_converter import ConverterNotFoundError, cache_dir, find_converter, llama_cpp_version
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -141,10 +142,6 @@ def _check_added_token_types(src: Path, gguf_path: Path, shown_as: Path) -> None
         )
 
 
-def _tmp_path(out: Path) -> Path:
-    return out.with_name(f".{out.name}.{os.getpid()}.tmp")
-
-
 def convert_to_gguf(
     hf_dir: PathLike,
     out_path: PathLike,
@@ -170,8 +167,6 @@ def convert_to_gguf(
     converter = find_converter(llama_cpp_dir)
 
     out = Path(out_path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(out)
     env = dict(os.environ)
     gguf_py = converter.parent / "gguf-py"
     paths = [str(converter.parent)] + ([str(gguf_py)] if gguf_py.is_dir() else [])
@@ -180,26 +175,21 @@ def convert_to_gguf(
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.pop("NO_LOCAL_GGUF", None)
     env.setdefault("HF_HUB_OFFLINE", "1")  # the converter must only read hf_dir
-    try:
-        with _converter_source(src) as source:
-            cmd = [sys.executable, str(converter), str(source), "--outfile", str(tmp), "--outtype", outtype]
-            if source != src:
-                cmd += ["--model-name", src.name]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    with atomic_path(out) as tmp, _converter_source(src) as source:
+        cmd = [sys.executable, str(converter), str(source), "--outfile", str(tmp), "--outtype", outtype]
+        if source != src:
+            cmd += ["--model-name", src.name]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-25:])
             raise RuntimeError(
                 f"llama.cpp's converter failed on {str(src)!r} (exit {proc.returncode}).\n"
                 f"command: {' '.join(cmd)}\n{tail}"
             )
-        if not tmp.is_file():
+        if not tmp.is_file() or tmp.stat().st_size == 0:
             raise RuntimeError(f"llama.cpp's converter reported success but wrote no file for {str(src)!r}")
         validate_gguf(tmp)
         _check_added_token_types(src, tmp, shown_as=out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out
 
 
@@ -265,26 +255,23 @@ def quantize_gguf(
             if len(shape) >= 2 and shape[0] % 256 != 0:
                 fallback.append(f"{name} (row length {shape[0]})")
 
-    tmp = _tmp_path(out)
     # llama-cpp-python routes llama.cpp's log through this logger's level.
     lc_logger = logging.getLogger("llama-cpp-python")
     old_level = lc_logger.level
     if not verbose:
         lc_logger.setLevel(logging.ERROR)
     try:
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = code
-        params.nthread = int(nthread)
-        rc = llama_cpp.llama_model_quantize(str(src).encode("utf-8"), str(tmp).encode("utf-8"), ctypes.byref(params))
-        if rc != 0 or not tmp.is_file():
-            raise RuntimeError(f"llama_model_quantize failed on {str(src)!r} -> {ftype} (return code {rc})")
-        validate_gguf(tmp)
-        types = _tensor_types(tmp)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = code
+            params.nthread = int(nthread)
+            rc = llama_cpp.llama_model_quantize(str(src).encode("utf-8"), str(tmp).encode("utf-8"), ctypes.byref(params))
+            if rc != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+                raise RuntimeError(f"llama_model_quantize failed on {str(src)!r} -> {ftype} (return code {rc})")
+            validate_gguf(tmp)
+            types = _tensor_types(tmp)
     finally:
         lc_logger.setLevel(old_level)
-        if tmp.exists():
-            tmp.unlink()
 
     if fallback:
         counts: Dict[str, int] = {}
