@@ -107,13 +107,12 @@ def add_giellm(nlp: Any, task: Task, backend: Dict[str, Any], name: str, **optio
 def load_gold(path: PathLike) -> Dict[Tuple[str, Optional[str]], Tuple[Task, List[Annotation]]]:
     """Gold annotations grouped by (task, instruction word)."""
     from ..corpora import ReadReport, read_jsonl
-
-    from ..corpora import tasks_from_gold as _tasks_with_gold_labels
+    from ..corpora.labels import tasks_from_gold
 
     golds = list(read_jsonl(path, report=ReadReport(path=str(path))))
     # Word levels without labels (TCREE) get the gold records' labels, so
     # that predictions are parsed anchored on them, as `evaluate` does.
-    tasks = _tasks_with_gold_labels(golds, None)
+    tasks = tasks_from_gold(golds, None)
     groups: Dict[Tuple[str, Optional[str]], Tuple[Task, List[Annotation]]] = {}
     for ann in golds:
         task = tasks[ann.task]
@@ -162,7 +161,7 @@ def evaluate_group(
     store_output) does `task`. Returns (gold, model annotation) pairs,
     (gold, Doc annotation) pairs, (gold label, doc.cats) pairs and one
     prediction row per record."""
-    from ..component import annotation_from_doc
+    from ..docs import annotation_from_doc
 
     docs = list(nlp.pipe([g.text or "" for g in golds]))
     model_pairs, pipe_pairs, cats_pairs, rows = [], [], [], []
