@@ -7,4 +7,19 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q torch==2.13.0
+
+# On CPUs with AMX (Sapphire Rapids and later, some EPYCs), llama.cpp's
+# -march=native build uses its AMX kernels for quantized weights, and those
+# crash the process (SIGSEGV in ggml_backend_amx_mul_mat, llama.cpp issue
+# 20824; seen here with Gemma 3 Q8_0 / Q4_K_M). Build without them: GCC lets
+# explicit -mno-* flags win over -march=native. The wheel is kept in our own
+# folder, since pip's cache would hand back a build made with other flags.
+if [ "$(uname -m)" = "x86_64" ] && grep -q -w amx_int8 /proc/cpuinfo 2>/dev/null; then
+    wheels="${XDG_CACHE_HOME:-$HOME/.cache}/spacy-giellm/wheels/llama-cpp-no-amx"
+    mkdir -p "$wheels"
+    noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    CMAKE_ARGS="-DCMAKE_C_FLAGS='$noamx' -DCMAKE_CXX_FLAGS='$noamx'" \
+        .venv/bin/pip wheel -q --no-deps --no-cache-dir --find-links "$wheels" -w "$wheels" "llama-cpp-python>=0.3"
+    .venv/bin/pip install -q --no-deps --no-index --find-links "$wheels" llama-cpp-python
+fi
 .venv/bin/pip install -q -e ".[all,test]"
