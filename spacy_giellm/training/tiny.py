@@ -234,15 +234,20 @@ def build_tiny_gemma3(
     seed: int = 0,
     *,
     user_symbols: Sequence[str] = (),
-    init_std: float = 0.05,
+    init_std: float = 0.3,
+    embed_std: float = 0.05,
     check_texts: Optional[Sequence[str]] = None,
 ) -> Path:
     """A random-weight Gemma 3 text model of Gemma 3 270M's architecture
     (tied embeddings, sliding-window + global layers, query-key norms, head
     size independent of the width), tiny: the offline stand-in for the
-    pretrained base in tests. Same tokenizer and init as `build_tiny_llama`,
-    with a smaller `init_std`: Gemma scales embeddings by sqrt(width) and ties
-    the head to them, so at 0.2 a random model repeats one token forever."""
+    pretrained base in tests. Same tokenizer as `build_tiny_llama`. Its
+    embeddings get a smaller std than the other weights: Gemma scales them by
+    sqrt(width) and ties the head to them, so at 0.2 a random model repeats
+    one token forever; the other weights get a larger one (0.3), so that
+    greedy decoding meets no near-ties that float rounding would resolve
+    differently in transformers and llama.cpp (0.05 everywhere: 7 of 8
+    prompts identical after a short LoRA run)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     # Every 6th layer global, the rest sliding-window, as in the real model
@@ -261,7 +266,7 @@ def build_tiny_gemma3(
             tie_word_embeddings=True,
         ))
 
-    return _build_tiny(out_dir, texts, vocab_size, user_symbols, check_texts, make, seed, init_std)
+    return _build_tiny(out_dir, texts, vocab_size, user_symbols, check_texts, make, seed, init_std, embed_std)
 
 
 def _shape(n_vocab, hidden, intermediate, layers, heads, max_positions, init_std) -> dict:
@@ -273,7 +278,7 @@ def _shape(n_vocab, hidden, intermediate, layers, heads, max_positions, init_std
     )
 
 
-def _build_tiny(out_dir, texts, vocab_size, user_symbols, check_texts, make_model, seed, init_std) -> Path:
+def _build_tiny(out_dir, texts, vocab_size, user_symbols, check_texts, make_model, seed, init_std, embed_std=None) -> Path:
     import torch
 
     texts = _clean_texts(texts)
@@ -295,7 +300,8 @@ def _build_tiny(out_dir, texts, vocab_size, user_symbols, check_texts, make_mode
             if "norm" in name.rsplit(".", 2)[-2]:
                 p.fill_(0.0 if gemma_norms else 1.0)
             else:
-                p.copy_(torch.randn(p.shape, generator=gen) * init_std)
+                std = embed_std if (embed_std is not None and "embed_tokens" in name) else init_std
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
     model.generation_config.bos_token_id = BOS_ID
     model.generation_config.eos_token_id = EOS_ID
     model.generation_config.pad_token_id = PAD_ID
