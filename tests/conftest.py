@@ -52,16 +52,20 @@ def tiny_texts():
     return list(TINY_TEXTS)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """Directory with a tiny random Llama + tokenizer, loadable by transformers."""
+def _tiny_model(builder: str, out, **kwargs):
+    """A tiny random model + tokenizer from `training.tiny.<builder>`."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("sentencepiece")
-    from spacy_giellm.training.tiny import build_tiny_llama
+    from spacy_giellm.training import tiny
 
-    out = tmp_path_factory.mktemp("tiny-llama")
-    return build_tiny_llama(out, TINY_TEXTS, user_symbols=GIELLM_USER_SYMBOLS, **TINY_MODEL_KWARGS)
+    return getattr(tiny, builder)(out, TINY_TEXTS, user_symbols=GIELLM_USER_SYMBOLS, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Directory with a tiny random Llama + tokenizer, loadable by transformers."""
+    return _tiny_model("build_tiny_llama", tmp_path_factory.mktemp("tiny-llama"), **TINY_MODEL_KWARGS)
 
 
 def _gguf_or_skip(model_dir, out):
@@ -85,13 +89,7 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_gemma_dir(tmp_path_factory):
     """A tiny random Gemma 3 (the pretrained base's architecture) + tokenizer."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    pytest.importorskip("sentencepiece")
-    from spacy_giellm.training.tiny import build_tiny_gemma3
-
-    out = tmp_path_factory.mktemp("tiny-gemma3")
-    return build_tiny_gemma3(out, TINY_TEXTS, user_symbols=GIELLM_USER_SYMBOLS, vocab_size=1000, seed=0)
+    return _tiny_model("build_tiny_gemma3", tmp_path_factory.mktemp("tiny-gemma3"), vocab_size=1000, seed=0)
 
 
 @pytest.fixture(scope="session")
