@@ -127,8 +127,9 @@ ENE_TO_STOCKMARK: Dict[str, str] = {
 }
 
 
-def _gold(path: Path) -> List[Annotation]:
-    return list(read_jsonl(path))
+def _gold(path: Path, task: str) -> List[Annotation]:
+    """The records of `task` in a (possibly mixed) JSONL file."""
+    return [g for g in read_jsonl(path) if g.task == task]
 
 
 def _write(out: Path, data: dict) -> None:
@@ -153,7 +154,7 @@ def ginza(test_path: Path, out: Path) -> None:
     unknown = sorted(set(ENE_TO_STOCKMARK) - emitted)
     if unknown:
         raise SystemExit(f"mapping names labels ja_ginza does not have: {unknown}")
-    golds = _gold(test_path)
+    golds = _gold(test_path, "ner-ja")
     pairs, unmapped = [], {}
     for gold, doc in zip(golds, nlp.pipe([g.text for g in golds], batch_size=64)):
         ents = []
@@ -237,10 +238,7 @@ def spacy_ner(
     t0 = time.time()
     fix_random_seed(seed)
     nlp, ner, trained = _ner_pipeline(base)
-    train, dev, test = _gold(train_path), _gold(dev_path), _gold(test_path)
-    train = [g for g in train if g.task == "ner-ja"]
-    dev = [g for g in dev if g.task == "ner-ja"]
-    test = [g for g in test if g.task == "ner-ja"]
+    train, dev, test = (_gold(p, "ner-ja") for p in (train_path, dev_path, test_path))
     train_ex, misaligned = _examples(nlp, train)
     n_gold = sum(len(g.entities) for g in train)
     for g in train:
@@ -287,17 +285,13 @@ def spacy_ner(
     })
 
 
-def _sentiment(path: Path) -> List[Annotation]:
-    return [g for g in _gold(path) if g.task == "sentiment-ja"]
-
-
 @app.command("majority")
 def majority(train_path: Path, test_path: Path, out: Path) -> None:
     """The most frequent training text label, for every test sentence."""
     from collections import Counter
 
-    label = Counter(g.label for g in _sentiment(train_path)).most_common(1)[0][0]
-    test = _sentiment(test_path)
+    label = Counter(g.label for g in _gold(train_path, "sentiment-ja")).most_common(1)[0][0]
+    test = _gold(test_path, "sentiment-ja")
     pairs = [(g, Annotation(text=g.text, task=g.task, label=label)) for g in test]
     _write(out, {"system": f"majority class ({label})", "test": str(test_path), "sequences": len(pairs),
                  "seconds": 0.0, "scores": score_annotations(pairs)})
@@ -319,7 +313,7 @@ def spacy_textcat(
 
     t0 = time.time()
     fix_random_seed(seed)
-    train, dev, test = _sentiment(train_path), _sentiment(dev_path), _sentiment(test_path)
+    train, dev, test = (_gold(p, "sentiment-ja") for p in (train_path, dev_path, test_path))
     labels = sorted({g.label for g in train})
     nlp = spacy.blank("ja")
     textcat = nlp.add_pipe("textcat", config={"model": {
