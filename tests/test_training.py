@@ -201,11 +201,11 @@ def test_ginza_vectors_initialise_embeddings(tmp_path, tiny_model_dir):
 def test_bf16_base_only_for_cpu_lora():
     from spacy_giellm.training.train import _bf16_base
 
-    assert _bf16_base("bf16", cuda=False, cuda_bf16=False, mode="lora")
-    assert not _bf16_base("fp32", cuda=False, cuda_bf16=False, mode="lora")
+    assert _bf16_base("bf16", cuda=False, mode="lora")
+    assert not _bf16_base("fp32", cuda=False, mode="lora")
     # Full / from-scratch training updates every weight: never bf16 weights.
-    assert not _bf16_base("bf16", cuda=False, cuda_bf16=False, mode="full")
+    assert not _bf16_base("bf16", cuda=False, mode="full")
     with pytest.raises(ValueError, match="precision"):
-        _bf16_base("fp16", cuda=False, cuda_bf16=False, mode="lora")
+        _bf16_base("fp16", cuda=False, mode="lora")
     with pytest.raises(ValueError, match="precision"):
         train(ASSETS / "tcree-sample.jsonl", None, "unused", TrainConfig(from_scratch=True, precision="half"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-IGNORE_INDEX = -100
+from .data import IGNORE_INDEX
 
 
 def _causal_lm(model: Any) -> Any:

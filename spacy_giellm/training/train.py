@@ -86,11 +86,15 @@ def _load_tokenizer(base: str):
     return tok
 
 
-def _bf16_base(precision: str, cuda: bool, cuda_bf16: bool, mode: str) -> bool:
-    """Whether a CPU LoRA run holds its frozen base weights in bf16."""
+def _check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if cuda or mode != "lora" or precision == "fp32":
+    return precision
+
+
+def _bf16_base(precision: str, cuda: bool, mode: str) -> bool:
+    """Whether a CPU LoRA run holds its frozen base weights in bf16."""
+    if _check_precision(precision) == "fp32" or cuda or mode != "lora":
         return False
     if precision == "bf16":
         return True
@@ -252,8 +256,7 @@ def train(
     out = Path(output_dir)
     # 1. Everything that can fail cheaply fails before a model is loaded.
     clock_named(cfg.time_clock)
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    _check_precision(cfg.precision)
     train_records, dev_records = _read_data(train_path, dev_path, cfg)
     if not cfg.from_scratch:
         base = resolve_base_model(cfg.base_model)
@@ -281,7 +284,7 @@ def train(
     # of a LoRA run is held in bf16: 10x the matmul rate of float32 there.
     # The adapters stay float32 (PEFT's default), and so do full and
     # from-scratch training, whose every weight is updated.
-    bf16_base = _bf16_base(cfg.precision, cuda, bf16, mode)
+    bf16_base = _bf16_base(cfg.precision, cuda, mode)
     model = _load_model(base, cfg, mode, torch.bfloat16 if (bf16 or bf16_base) else torch.float32)
     n_params, n_trainable = _count_params(model)
 
