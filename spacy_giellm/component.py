@@ -206,8 +206,7 @@ class GiellmComponent(Pipe):
         if isinstance(self.backend, TokenCounting):
             units = fit_to_context(docs, units, self._prompt_tokens, self.backend.max_prompt_tokens(), skipped, self.stats)
         prompts = [build_input(text, self.task, self.instruction) for _, _, text in units]
-        outputs = self._generate(prompts)
-        scores = self._label_scores(prompts)
+        outputs, scores = self._run_backend(prompts)
         predictions = [DocPrediction(skipped=skipped.get(i)) for i in range(len(docs))]
         for k, ((i, start, text), output) in enumerate(zip(units, outputs)):
             parsed = parse_output(output, self.task, text=text)
@@ -242,6 +241,11 @@ class GiellmComponent(Pipe):
                 "giellm: %d malformed or unplaceable pieces in a batch of %d docs were dropped "
                 "(store_output=true keeps them on doc._.giellm_output)", problems_in_batch, len(docs)
             )
+
+    def _run_backend(self, prompts: List[str]) -> Tuple[List[str], Optional[List[Dict[str, float]]]]:
+        """The model's output for each prompt, and its text-label scores
+        (None where the backend cannot score or `score_cats` is off)."""
+        return self._generate(prompts), self._label_scores(prompts)
 
     def _generate(self, prompts: List[str]) -> List[str]:
         # Prompts of like length share a generation batch: less padding.
