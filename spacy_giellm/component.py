@@ -20,7 +20,7 @@ from spacy.tokens import Doc, Span
 from spacy.util import ensure_path, filter_spans, minibatch, registry
 
 from .align import SpanMaker, split_tokens_at
-from .backends.base import LabelScoring, TaskBinding, TokenCounting
+from .backends.base import LabelScoring, ScoredGeneration, TaskBinding, TokenCounting
 from .docs import GROUPS, TUPLE_KINDS, install_extensions, set_tuples
 # Where code written before `docs` looks for them.
 from .docs import ENTITY_GROUP, SENTIMENT_GROUP, annotation_from_doc  # noqa: F401
@@ -244,23 +244,43 @@ class GiellmComponent(Pipe):
 
     def _run_backend(self, prompts: List[str]) -> Tuple[List[str], Optional[List[Dict[str, float]]]]:
         """The model's output for each prompt, and its text-label scores
-        (None where the backend cannot score or `score_cats` is off)."""
-        return self._generate(prompts), self._label_scores(prompts)
+        (None where the backend cannot score or `score_cats` is off): from
+        one prompt pass where the backend can (`ScoredGeneration`)."""
+        markers = self._label_markers()
+        if markers and isinstance(self.backend, ScoredGeneration):
+            return self._generate(prompts, markers)
+        return self._generate(prompts)[0], self._label_scores(prompts)
 
-    def _generate(self, prompts: List[str]) -> List[str]:
-        # Prompts of like length share a generation batch: less padding.
+    def _label_markers(self) -> Optional[Dict[str, str]]:
+        """{"<label>": label} for the text labels to score, or None."""
+        if not self.score_cats or not self.task.text_labels:
+            return None
+        return {label_marker(label): label for label in self.task.text_labels}
+
+    def _generate(
+        self, prompts: List[str], markers: Optional[Dict[str, str]] = None
+    ) -> Tuple[List[str], Optional[List[Dict[str, float]]]]:
+        """Outputs (and, given `markers`, label scores) a batch at a time.
+        Prompts of like length share a generation batch: less padding."""
         order = sorted(range(len(prompts)), key=lambda k: len(prompts[k]))
         outputs: List[str] = [""] * len(prompts)
+        scores: List[Dict[str, float]] = [{} for _ in prompts]
         for batch in minibatch(order, size=self.batch_size):
             batch = list(batch)
-            generated = self.backend.generate([prompts[k] for k in batch])
-            if len(generated) != len(batch):
+            batch_prompts = [prompts[k] for k in batch]
+            if markers:
+                generated, rows = self.backend.generate_scored(batch_prompts, list(markers))
+            else:
+                generated, rows = self.backend.generate(batch_prompts), []
+            if len(generated) != len(batch) or (markers and len(rows) != len(batch)):
                 raise RuntimeError(
                     f"giellm: backend returned {len(generated)} outputs for {len(batch)} prompts"
                 )
-            for k, output in zip(batch, generated):
+            for j, (k, output) in enumerate(zip(batch, generated)):
                 outputs[k] = output
-        return outputs
+                if markers:
+                    scores[k] = {markers.get(m, m): p for m, p in rows[j].items()}
+        return outputs, (scores if markers else None)
 
     def _prompt_tokens(self, texts: List[str]) -> List[int]:
         prompts = [build_input(t, self.task, self.instruction) for t in texts]
@@ -268,9 +288,9 @@ class GiellmComponent(Pipe):
 
     def _label_scores(self, prompts: List[str]) -> Optional[List[Dict[str, float]]]:
         """Real label probabilities where the backend can give them, by label."""
-        if not self.score_cats or not isinstance(self.backend, LabelScoring) or not self.task.text_labels or not prompts:
+        labels = self._label_markers()
+        if not labels or not isinstance(self.backend, LabelScoring) or not prompts:
             return None
-        labels = {label_marker(label): label for label in self.task.text_labels}
         rows = self.backend.label_scores(prompts, list(labels))
         return [{labels.get(marker, marker): score for marker, score in row.items()} for row in rows]
 

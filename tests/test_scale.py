@@ -185,3 +185,108 @@ def test_constrained_needs_a_task(tiny_model_dir):
     backend = make_hf_backend(model=str(tiny_model_dir), device="cpu", max_new_tokens=2, constrained=True)
     with pytest.raises(ValueError, match="needs a task"):
         backend.generate(PROMPTS[:1])
+
+
+def test_generate_scored_gives_both_from_one_prompt_pass(gguf, hf):
+    """generate_scored = generate + label_scores (same outputs, same numbers),
+    but each prompt is decoded once (llama.cpp) instead of twice."""
+    engine_cls = type(gguf._engine(1))
+    fed = []
+    real_feed = engine_cls._feed_prompts
+
+    def counting_feed(self, prompts, on_logits):
+        fed.extend(len(tokens) for tokens in prompts.values())
+        return real_feed(self, prompts, on_logits)
+
+    expected_outputs = gguf.generate(PROMPTS)
+    expected_scores = gguf.label_scores(PROMPTS, CANDIDATES)
+    engine_cls._feed_prompts = counting_feed
+    try:
+        outputs, scores = gguf.generate_scored(PROMPTS, CANDIDATES)
+    finally:
+        engine_cls._feed_prompts = real_feed
+    assert outputs == expected_outputs
+    for row, want in zip(scores, expected_scores):
+        assert list(row) == CANDIDATES
+        for c in CANDIDATES:
+            assert row[c] == pytest.approx(want[c], abs=1e-5)
+    assert sum(fed) == sum(len(gguf.encode_prompt(p)) for p in PROMPTS)  # one pass, not two
+
+    hf_outputs, hf_scores = hf.generate_scored(PROMPTS, CANDIDATES)
+    assert hf_outputs == hf.generate(PROMPTS)
+    for row, want in zip(hf_scores, hf.label_scores(PROMPTS, CANDIDATES)):
+        for c in CANDIDATES:
+            assert row[c] == pytest.approx(want[c], abs=1e-5)
+
+
+def test_component_takes_outputs_and_scores_from_one_call(gguf, nlp):
+    from spacy_giellm.component import GiellmComponent
+
+    calls = []
+    real = type(gguf).label_scores
+
+    def spy(self, prompts, candidates):
+        calls.append(len(prompts))
+        return real(self, prompts, candidates)
+
+    pipe = GiellmComponent(nlp.vocab, task="scnm", backend=gguf, batch_size=3)
+    type(gguf).label_scores = spy
+    try:
+        docs = list(pipe.pipe(nlp(t) for t in TEXTS))
+    finally:
+        type(gguf).label_scores = real
+    assert calls == []  # no separate scoring pass
+    want = gguf.label_scores([build_input(t, TASK) for t in TEXTS], CANDIDATES)
+    for doc, row in zip(docs, want):
+        for label in TASK.text_labels:
+            assert doc.cats[label] == pytest.approx(row[f"<{label}>"], abs=1e-5)
+
+
+@pytest.mark.parametrize("constrained_", [False, True])
+def test_drafts_never_change_the_greedy_output(tiny_gguf, constrained_):
+    """Right drafts are kept (fewer decoding steps), wrong ones dropped: the
+    output is the plain greedy one either way, at any parallelism."""
+    from spacy_giellm.backends.llamacpp import PromptLookup, make_llamacpp_backend
+
+    backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=128, max_new_tokens=16, n_threads=1,
+                                    task="scnm", constrained=constrained_).load()
+    try:
+        prompts = PROMPTS * 2
+        tokens = backend._prompt_ids(prompts)
+        eog = backend._eog.__contains__
+        engine = backend._engine(4)
+        decodes = []
+        real_decode = type(engine)._decode
+
+        def run(draft, parallel):
+            decodes.clear()
+            type(engine)._decode = lambda self, items: (decodes.append(len(items)), real_decode(self, items))[1]
+            try:
+                return engine.generate(tokens, 16, eog, backend._picker(prompts), parallel=parallel, draft=draft)[0]
+            finally:
+                type(engine)._decode = real_decode
+
+        plain = run(None, 1)
+        plain_steps = len(decodes)
+        oracle = run(lambda k, gen: plain[k][len(gen) : len(gen) + 5], 1)
+        assert oracle == plain
+        assert len(decodes) < plain_steps  # right drafts saved decoding steps
+        for parallel in (1, 4):
+            assert run(lambda k, gen: [(t + 1) % 50 for t in plain[k][len(gen) : len(gen) + 3]], parallel) == plain
+            half = lambda k, gen: plain[k][len(gen) : len(gen) + 2] + [0, 0]  # noqa: E731
+            assert run(half, parallel) == plain
+            assert run(PromptLookup(tokens, 6), parallel) == plain
+        backend.prompt_lookup = 6
+        assert backend.generate_ids(prompts) == plain
+    finally:
+        backend.close()
+
+
+def test_prompt_lookup_drafts_what_followed_the_match():
+    from spacy_giellm.backends.llamacpp import PromptLookup
+
+    lookup = PromptLookup([[5, 6, 7, 8, 9, 6, 7, 3, 4]], num_tokens=3)
+    assert lookup(0, [1, 6, 7]) == [3, 4]  # the latest occurrence of (6, 7)
+    assert lookup(0, [5, 6]) == [7, 8, 9]  # the longest match wins: (5, 6), not (6,)
+    assert lookup(0, [42]) == []
+    assert lookup(0, []) == []

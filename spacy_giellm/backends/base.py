@@ -51,6 +51,18 @@ class LabelScoring(Protocol):
         ...
 
 
+@runtime_checkable
+class ScoredGeneration(Protocol):
+    """A backend that scores the text-label candidates in the same pass that
+    generates: the component then never runs a prompt twice."""
+
+    def generate_scored(
+        self, prompts: Sequence[str], candidates: Sequence[str]
+    ) -> Tuple[List[str], List[Dict[str, float]]]:
+        """(`generate(prompts)`, `label_scores(prompts, candidates)`), in one pass."""
+        ...
+
+
 def require_positive(backend_name: str, **values: int) -> None:
     """ValueError naming the first of `values` (in order) that is below 1."""
     for name, value in values.items():
@@ -133,12 +145,30 @@ class LocalModelBackend:
             return []
         if not candidates:
             return [{} for _ in prompts]
+        rows = self._candidate_logprobs(prompts, self._all_candidate_ids(candidates))  # type: ignore[attr-defined]
+        return [dict(zip(candidates, _softmax(row))) for row in rows]
+
+    def generate_scored(
+        self, prompts: Sequence[str], candidates: Sequence[str]
+    ) -> Tuple[List[str], List[Dict[str, float]]]:
+        """`generate(prompts)` and `label_scores(prompts, candidates)`, from
+        one prompt pass where the backend has `_generate_scored_ids`."""
+        prompts, candidates = list(prompts), list(candidates)
+        if not candidates:
+            return self.generate(prompts), [{} for _ in prompts]
+        ids, rows = self._generate_scored_ids(prompts, self._all_candidate_ids(candidates))
+        return [self.decode(i) for i in ids], [dict(zip(candidates, _softmax(row))) for row in rows]  # type: ignore[attr-defined]
+
+    def _generate_scored_ids(self, prompts: List[str], cand_ids: List[List[int]]) -> Tuple[List[List[int]], List[List[float]]]:
+        """(new ids, candidate log-probabilities): two passes unless a backend does better."""
+        return self.generate_ids(prompts), self._candidate_logprobs(prompts, cand_ids)  # type: ignore[attr-defined]
+
+    def _all_candidate_ids(self, candidates: List[str]) -> List[List[int]]:
         cand_ids = [self._candidate_ids(c) for c in candidates]  # type: ignore[attr-defined]
         for c, ids in zip(candidates, cand_ids):
             if not ids:
                 raise ValueError(f"{self.backend_name}: candidate {c!r} has no tokens")
-        rows = self._candidate_logprobs(prompts, cand_ids)  # type: ignore[attr-defined]
-        return [dict(zip(candidates, _softmax(row))) for row in rows]
+        return cand_ids
 
 
 def _softmax(row: Sequence[float]) -> List[float]:

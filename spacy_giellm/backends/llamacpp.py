@@ -103,6 +103,7 @@ class LlamaCppBackend(LocalModelBackend):
         n_parallel: int = 8,
         constrained: bool = False,
         task: Optional[Any] = None,
+        prompt_lookup: int = 0,
     ) -> None:
         if not model_path:
             raise ValueError("giellm.LlamaCpp.v1: 'model_path' must be the path of a .gguf file")
@@ -122,6 +123,9 @@ class LlamaCppBackend(LocalModelBackend):
         self._byte: Set[int] = set()
         self._strip_leading_space = False
         self.n_parallel = n_parallel
+        if prompt_lookup < 0:
+            raise ValueError(f"{self.backend_name}: prompt_lookup must be >= 0, got {prompt_lookup}")
+        self.prompt_lookup = prompt_lookup
         self._engine_: Any = None
         self._init_task(constrained, task)
 
@@ -286,6 +290,12 @@ class LlamaCppBackend(LocalModelBackend):
             self._engine_ = SequenceBatcher(self._llm, n_ctx=self.n_ctx, n_seq=n_seq, n_threads=n_threads)
         return self._engine_
 
+    def _engine_for(self, cand_ids: List[List[int]]):
+        """The decoding context for n_parallel prompts, each with a scratch
+        sequence per multi-token candidate (as many as llama.cpp allows)."""
+        per = 1 + sum(len(ids) > 1 for ids in cand_ids)
+        return self._engine(max(per, min(self.n_parallel * per, _max_sequences())))
+
     def _picker(self, prompts: Sequence[str]):
         """pick(k, logits) -> the greedy next token of prompt k."""
         import numpy as np
@@ -312,12 +322,7 @@ class LlamaCppBackend(LocalModelBackend):
 
         return pick
 
-    def generate_ids(self, prompts: Sequence[str]) -> List[List[int]]:
-        """Greedy new-token ids per prompt, without the prompt and without the final EOS."""
-        prompts = list(prompts)
-        if not prompts:
-            return []
-        self.load()
+    def _prompt_ids(self, prompts: Sequence[str]) -> List[List[int]]:
         tokens = []
         for prompt in prompts:
             ids = self.encode_prompt(prompt)
@@ -329,9 +334,26 @@ class LlamaCppBackend(LocalModelBackend):
                     f"with max_new_tokens={self.max_new_tokens} (raise n_ctx, or shorten the text)"
                 )
             tokens.append(ids)
-        engine = self._engine(self.n_parallel)
+        return tokens
+
+    def _run(self, prompts: Sequence[str], cand_ids: Optional[List[List[int]]] = None):
+        """(new ids per prompt, candidate log-probabilities or None) in one pass."""
+        prompts = list(prompts)
+        if not prompts:
+            return [], ([] if cand_ids is not None else None)
+        self.load()
+        tokens = self._prompt_ids(prompts)
+        engine = self._engine_for(cand_ids or [])
+        draft = PromptLookup(tokens, self.prompt_lookup) if self.prompt_lookup else None
         return engine.generate(tokens, self.max_new_tokens, self._eog.__contains__, self._picker(prompts),
-                               parallel=self.n_parallel)
+                               parallel=self.n_parallel, candidates=cand_ids, draft=draft)
+
+    def generate_ids(self, prompts: Sequence[str]) -> List[List[int]]:
+        """Greedy new-token ids per prompt, without the prompt and without the final EOS."""
+        return self._run(prompts)[0]
+
+    def _generate_scored_ids(self, prompts: List[str], cand_ids: List[List[int]]):
+        return self._run(prompts, cand_ids)
 
     # ------------------------------------------------------ task and labels
 
@@ -347,14 +369,39 @@ class LlamaCppBackend(LocalModelBackend):
         return TokenVocab(pieces, self._eog)
 
     def _candidate_logprobs(self, prompts: List[str], cand_ids: List[List[int]]) -> List[List[float]]:
-        """[prompt][candidate] summed log-probabilities. Up to n_parallel
-        prompts are decoded together, each once; a candidate of several tokens
-        continues a copy of its prompt's KV cells (`llama_memory_seq_cp`), all
-        candidates in one batch."""
-        # room for n_parallel prompts with a copy per multi-token candidate
-        per = 1 + sum(len(ids) > 1 for ids in cand_ids)
-        engine = self._engine(max(per, min(self.n_parallel * per, _max_sequences())))
-        return [list(map(float, row)) for row in engine.score([self.encode_prompt(p) for p in prompts], cand_ids)]
+        """[prompt][candidate] summed log-probabilities: each prompt decoded
+        once, up to n_parallel together; a candidate of several tokens
+        continues a copy of its prompt's KV cells (`llama_memory_seq_cp`)."""
+        self.load()
+        return self._engine_for(cand_ids).score([self.encode_prompt(p) for p in prompts], cand_ids)
+
+
+class PromptLookup:
+    """Drafts for `SequenceBatcher.generate`: what followed, in the prompt,
+    the last few generated tokens (GIELLM outputs copy the Instruction Word,
+    label markers and entity strings from the prompt). The longest match of
+    up to `max_ngram` tokens wins; of equal ones, the latest."""
+
+    def __init__(self, prompts: Sequence[Sequence[int]], num_tokens: int, max_ngram: int = 3) -> None:
+        self.prompts = [list(p) for p in prompts]
+        self.num_tokens = num_tokens
+        self.max_ngram = max_ngram
+        # per prompt: n-gram -> the position just after its latest occurrence
+        self._index: List[Dict[tuple, int]] = []
+        for ids in self.prompts:
+            index: Dict[tuple, int] = {}
+            for n in range(1, max_ngram + 1):
+                for i in range(len(ids) - n):
+                    index[tuple(ids[i : i + n])] = i + n
+            self._index.append(index)
+
+    def __call__(self, k: int, generated: List[int]) -> List[int]:
+        index = self._index[k]
+        for n in range(min(self.max_ngram, len(generated)), 0, -1):
+            after = index.get(tuple(generated[-n:]))
+            if after is not None:
+                return self.prompts[k][after : after + self.num_tokens]
+        return []
 
 
 # The class is the registered function: its __init__ is the config schema.

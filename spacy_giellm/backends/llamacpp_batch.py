@@ -15,9 +15,16 @@ Greedy picks are the argmax of each sequence's own logits (or of its allowed
 tokens, under a constraint), exactly as in the one-at-a-time path; on the same
 weights the outputs are the same up to float rounding in batched matmuls.
 
-`score` gives log P(candidate | prompt) for each prompt and candidate: the
-prompt is decoded once, its KV cells copied to one sequence per candidate
-(`llama_memory_seq_cp`), and all candidates' tokens decoded in one batch.
+`generate` can also give log P(candidate | prompt) for each prompt and
+candidate (the text labels) from its own prompt pass: the first token from
+the logits that also pick the first generated token, a longer candidate's
+later tokens in a copy of the prompt's KV cells (`llama_memory_seq_cp`).
+`score` is that without generating.
+
+Drafts (`generate(draft=...)`, e.g. prompt lookup) are verified in the same
+batch as the other sequences' steps: a drafted token is kept only where it is
+the token greedy picking chooses at its position, so drafting never changes
+an output, only the number of decoding steps.
 """
 from __future__ import annotations
 
@@ -25,15 +32,19 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["SequenceBatcher"]
 
-# pick(seq_index, logits numpy view, n_generated_so_far) -> token id
+# pick(prompt index, logits numpy view) -> token id
 Picker = Callable[[int, Any], int]
+# draft(prompt index, tokens generated so far) -> proposed next tokens
+Drafter = Callable[[int, List[int]], Sequence[int]]
 
 
-def _log_softmax_at(logits, token: int) -> float:
+def _log_softmax_rows(logits, tokens: Sequence[int]) -> List[float]:
+    """log-softmax of `logits` at each of `tokens`."""
     import numpy as np
 
     m = float(np.max(logits))
-    return float(logits[token] - m - np.log(np.sum(np.exp(logits - m))))
+    log_sum = np.log(np.sum(np.exp(logits - m)))
+    return [float(logits[t] - m - log_sum) for t in tokens]
 
 
 class SequenceBatcher:
@@ -139,16 +150,45 @@ class SequenceBatcher:
         is_end: Callable[[int], bool],
         pick: Picker,
         parallel: Optional[int] = None,
-    ) -> List[List[int]]:
-        """Greedy new tokens per prompt (ending token excluded).
+        candidates: Optional[Sequence[Sequence[int]]] = None,
+        draft: Optional[Drafter] = None,
+    ) -> Tuple[List[List[int]], Optional[List[List[float]]]]:
+        """Greedy new tokens per prompt (ending token excluded), and with
+        `candidates` each candidate's summed log-probability after the prompt.
 
         `pick(k, logits)` chooses prompt k's next token from its logits;
         `is_end(token)` says whether that token ends the sequence; at most
-        `parallel` (default: all) sequences decode at once."""
+        `parallel` (default: all) sequences decode at once.
+
+        Candidates are scored from generation's own prompt pass: the first
+        token's log-probability from the logits that also give the first
+        generated token, the later tokens of a longer candidate in a copy of
+        the prompt's cells (`llama_memory_seq_cp`, one scratch sequence per
+        candidate, freed at once). So `score` needs no second prompt pass.
+
+        `draft(k, generated)` may propose tokens to follow prompt k's output
+        so far; they are decoded with it in the same batch and kept as long
+        as each is the token `pick` chooses at its position, so the output
+        is the greedy output, in fewer decoding steps where drafts are right
+        (rejected tokens' cells are removed)."""
+        cand = [list(c) for c in candidates] if candidates is not None else None
+        multi = [c for c, ids in enumerate(cand or ()) if len(ids) > 1]
+        if cand is not None and any(not c for c in cand):
+            raise ValueError("a candidate has no tokens")
+        extra = sum(len(cand[c]) - 1 for c in multi) if cand else 0
+        scratch_per = len(multi)
+        n_gen = min(self.n_seq, parallel or self.n_seq)
+        if scratch_per:
+            # the sequences above n_gen are scratch copies for the candidates
+            n_gen = min(n_gen, self.n_seq // (1 + scratch_per))
+            if n_gen < 1:
+                raise ValueError(f"scoring these candidates needs n_seq >= {1 + scratch_per}, have {self.n_seq}")
+        scratch = list(range(n_gen, self.n_seq))
         results: List[List[int]] = [[] for _ in prompts]
+        scores: Optional[List[List[float]]] = [[] for _ in prompts] if cand is not None else None
         queue = list(range(len(prompts)))
         queue.reverse()
-        free_seqs = list(range(min(self.n_seq, parallel or self.n_seq)))
+        free_seqs = list(range(n_gen))
         active: Dict[int, Tuple[int, int]] = {}  # seq -> (prompt index, next pos)
         reserved: Dict[int, int] = {}  # seq -> cells reserved
         budget_left = self.n_ctx
@@ -158,14 +198,14 @@ class SequenceBatcher:
             admitted: Dict[int, Sequence[int]] = {}
             while queue and free_seqs:
                 k = queue[-1]
-                need = len(prompts[k]) + max_new_tokens
+                need = len(prompts[k]) + max_new_tokens + extra
                 if need > self.n_ctx:
                     need = self.n_ctx  # alone in the context it gets what is left
                 if need > budget_left and (active or admitted):
                     break
                 queue.pop()
                 seq = free_seqs.pop()
-                if len(prompts[k]) >= self.n_ctx:
+                if len(prompts[k]) + extra >= self.n_ctx:
                     raise ValueError(f"prompt of {len(prompts[k])} tokens does not fit n_ctx={self.n_ctx}")
                 reserved[seq] = need
                 budget_left -= need
@@ -173,12 +213,18 @@ class SequenceBatcher:
                 active[seq] = (k, len(prompts[k]))
 
             def first(seq: int, logits) -> None:
-                next_token[seq] = pick(active[seq][0], logits)
+                k = active[seq][0]
+                if scores is not None:
+                    scores[k] = _log_softmax_rows(logits, [c[0] for c in cand])  # type: ignore[union-attr]
+                next_token[seq] = pick(k, logits)
 
             if admitted:
                 self._feed_prompts(admitted, first)
+                if scratch_per and scores is not None:
+                    self._score_rest({seq: active[seq][0] for seq in admitted}, prompts, cand, multi, scratch, scores)  # type: ignore[arg-type]
+            # one step: each active sequence's next token, and its draft
             step: List[Tuple[int, int, Sequence[int], bool]] = []
-            order: List[int] = []
+            plans: List[Tuple[int, int, List[int]]] = []  # (seq, first item, draft)
             for seq, (k, pos) in list(active.items()):
                 token = next_token.pop(seq)
                 done = is_end(token)
@@ -191,74 +237,75 @@ class SequenceBatcher:
                     budget_left += reserved.pop(seq)
                     free_seqs.append(seq)
                     continue
+                proposal: List[int] = []
+                if draft is not None:
+                    # drafts end one short of every limit: the token after them must still fit
+                    room = min(max_new_tokens - len(results[k]), len(prompts[k]) + reserved[seq] - pos, self.n_ctx - pos) - 2
+                    proposal = list(draft(k, results[k]))[: max(0, room)]
+                    proposal = proposal[: self.n_batch - 1]
+                if len(step) + 1 + len(proposal) > self.n_batch:
+                    self._verify(step, plans, active, next_token, pick, is_end, results)
+                plans.append((seq, len(step), proposal))
                 step.append((token, pos, (seq,), True))
-                order.append(seq)
-                active[seq] = (k, pos + 1)
-            for start in range(0, len(step), self.n_batch):
-                part = step[start : start + self.n_batch]
-                self._decode(part)
-                for i, seq in enumerate(order[start : start + self.n_batch]):
-                    next_token[seq] = pick(active[seq][0], self._logits(i))
-        return results
+                step.extend((t, pos + 1 + j, (seq,), True) for j, t in enumerate(proposal))
+            if step:
+                self._verify(step, plans, active, next_token, pick, is_end, results)
+        return results, scores
+
+    def _verify(self, step, plans, active, next_token, pick, is_end, results) -> None:
+        """Decode one batch of steps and keep each sequence's draft up to its
+        first token that greedy picking would not choose."""
+        self._decode(step)
+        for seq, at, proposal in plans:
+            k, pos = active[seq]
+            nxt = pick(k, self._logits(at))
+            kept = 0
+            while kept < len(proposal) and nxt == proposal[kept] and not is_end(nxt):
+                results[k].append(nxt)
+                kept += 1
+                nxt = pick(k, self._logits(at + kept))
+            if kept < len(proposal):  # the rejected tokens' cells
+                self._llama_cpp.llama_memory_seq_rm(self._mem, seq, pos + 1 + kept, -1)
+            next_token[seq] = nxt
+            active[seq] = (k, pos + 1 + kept)
+        step.clear()
+        plans.clear()
+
+    def _score_rest(self, seqs: Dict[int, int], prompts, cand, multi, scratch, scores) -> None:
+        """Add the later tokens of each multi-token candidate to `scores` for
+        the prompts just decoded in `seqs` ({seq: prompt index}), each
+        candidate in a scratch copy of its prompt's cells."""
+        per = len(multi)
+        order = list(seqs)
+        group = max(1, len(scratch) // per)
+        for start in range(0, len(order), group):
+            items: List[Tuple[int, int, Sequence[int], bool]] = []
+            where: List[Tuple[int, int, int]] = []
+            used: List[int] = []
+            for g, seq in enumerate(order[start : start + group]):
+                k = seqs[seq]
+                for j, c in enumerate(multi):
+                    copy = scratch[g * per + j]
+                    used.append(copy)
+                    self._llama_cpp.llama_memory_seq_cp(self._mem, seq, copy, -1, -1)
+                    ids = cand[c]
+                    for i, token in enumerate(ids[:-1]):
+                        items.append((token, len(prompts[k]) + i, (copy,), True))
+                        where.append((k, c, ids[i + 1]))
+            for b in range(0, len(items), self.n_batch):
+                self._decode(items[b : b + self.n_batch])
+                for i, (k, c, nxt) in enumerate(where[b : b + self.n_batch]):
+                    scores[k][c] += _log_softmax_rows(self._logits(i), [nxt])[0]
+            for copy in used:
+                self._llama_cpp.llama_memory_seq_rm(self._mem, copy, -1, -1)
 
     # --------------------------------------------------------------- scoring
 
     def score(self, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]]) -> List[List[float]]:
-        """log P(candidate tokens | prompt), summed, for every prompt and candidate.
-
-        Several prompts are decoded together (one sequence each); a prompt's
-        candidates of more than one token continue copies of its sequence."""
-        n_cand = len(candidates)
-        if n_cand == 0:
+        """log P(candidate tokens | prompt), summed, for every prompt and
+        candidate: `generate`'s prompt pass and candidate scoring, without
+        generating (the first picked token ends each sequence)."""
+        if not candidates:
             return [[] for _ in prompts]
-        if any(not c for c in candidates):
-            raise ValueError("a candidate has no tokens")
-        per = 1 + sum(len(c) > 1 for c in candidates)  # sequences per prompt
-        if self.n_seq < per:
-            raise ValueError(f"scoring these candidates needs n_seq >= {per}, have {self.n_seq}")
-        extra = sum(len(c) - 1 for c in candidates)  # cells of the continuations
-        out: List[List[float]] = []
-        k = 0
-        while k < len(prompts):
-            group: List[Sequence[int]] = []
-            cells = 0
-            while k + len(group) < len(prompts) and (len(group) + 1) * per <= self.n_seq:
-                need = len(prompts[k + len(group)]) + extra
-                if need > self.n_ctx:
-                    raise ValueError(
-                        f"prompt of {len(prompts[k + len(group)])} tokens and its candidates do not fit n_ctx={self.n_ctx}"
-                    )
-                if group and cells + need > self.n_ctx:
-                    break
-                group.append(prompts[k + len(group)])
-                cells += need
-            out.extend(self._score_group(group, candidates, per))
-            k += len(group)
-        return out
-
-    def _score_group(self, group: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], per: int) -> List[List[float]]:
-        self._clear()
-        first: Dict[int, Any] = {}
-
-        def keep(seq: int, logits) -> None:
-            first[seq] = logits.copy()
-
-        self._feed_prompts({g * per: tokens for g, tokens in enumerate(group)}, keep)
-        scores = [[_log_softmax_at(first[g * per], cand[0]) for cand in candidates] for g in range(len(group))]
-        items: List[Tuple[int, int, Sequence[int], bool]] = []
-        where: List[Tuple[int, int, int]] = []
-        for g, tokens in enumerate(group):
-            seq = g * per
-            for c, cand in enumerate(candidates):
-                if len(cand) < 2:
-                    continue
-                seq += 1  # this candidate's copy of the prompt's cells
-                self._llama_cpp.llama_memory_seq_cp(self._mem, g * per, seq, -1, -1)
-                for j, token in enumerate(cand[:-1]):
-                    items.append((token, len(tokens) + j, (seq,), True))
-                    where.append((g, c, cand[j + 1]))
-        for start in range(0, len(items), self.n_batch):
-            self._decode(items[start : start + self.n_batch])
-            for i, (g, c, nxt) in enumerate(where[start : start + self.n_batch]):
-                scores[g][c] += _log_softmax_at(self._logits(i), nxt)
-        return scores
+        _, scores = self.generate(prompts, 1, lambda token: True, lambda k, logits: 0, candidates=candidates)
+        return scores  # type: ignore[return-value]
