@@ -41,6 +41,13 @@ def test_bench_reports_all_fields(tiny_model_dir, tiny_gguf):
                     "malformed_rate_unconstrained", "malformed_rate_constrained"):
             assert isinstance(figures[key], float) and figures[key] >= 0, (kind, key)
         assert figures["malformed_rate_constrained"] <= 1.0
+        for key in ("docs_per_s_parallel_1", "docs_per_s_parallel_4", "matmul_gflops", "memory_gb_per_s",
+                    "compute_limit_docs_per_s", "bandwidth_limit_docs_per_s", "new_tokens_per_doc"):
+            assert isinstance(figures[key], float) and figures[key] > 0, (kind, key)
+    gguf = results["backends"]["gguf"]
+    assert gguf["prompt_lookup_outputs_equal"] == 1.0 and gguf["prompt_lookup_outputs_equal_1"] == 1.0
+    assert gguf["tokens_per_step"] >= 1.0
+    assert results["backends"]["hf"]["prompt_lookup_speedup"] is None  # llama.cpp only
     table = format_table(results)
     assert "component_efficiency" in table and "machine:" in table
     json.dumps(results)
@@ -58,5 +65,11 @@ def test_bench_command_builds_the_tiny_model(tmp_path):
     data = json.loads(out.read_text(encoding="utf-8"))
     assert list(data["backends"]) == ["gguf"]
     assert "component_efficiency" in result.output
+    only = CliRunner().invoke(app, ["bench", "--n", "2", "--batch-size", "2", "--max-new-tokens", "2", "--repeat", "1",
+                                    "--backend", "gguf", "--step", "limits", "--json", str(out)])
+    assert only.exit_code == 0, only.output
+    figures = json.loads(out.read_text(encoding="utf-8"))["backends"]["gguf"]
+    assert figures["compute_limit_docs_per_s"] > 0 and figures["docs_per_s_parallel_4"] is None
+    assert CliRunner().invoke(app, ["bench", "--step", "nap"]).exit_code == 1
     bad = CliRunner().invoke(app, ["bench", "--backend", "tpu"])
     assert bad.exit_code == 1 and "unknown --backend" in bad.output

@@ -126,6 +126,7 @@ class LlamaCppBackend(LocalModelBackend):
         if prompt_lookup < 0:
             raise ValueError(f"{self.backend_name}: prompt_lookup must be >= 0, got {prompt_lookup}")
         self.prompt_lookup = prompt_lookup
+        self._stats: Dict[str, int] = {"steps": 0, "drafted": 0, "kept": 0}
         self._engine_: Any = None
         self._init_task(constrained, task)
 
@@ -346,7 +347,15 @@ class LlamaCppBackend(LocalModelBackend):
         engine = self._engine_for(cand_ids or [])
         draft = PromptLookup(tokens, self.prompt_lookup) if self.prompt_lookup else None
         return engine.generate(tokens, self.max_new_tokens, self._eog.__contains__, self._picker(prompts),
-                               parallel=self.n_parallel, candidates=cand_ids, draft=draft)
+                               parallel=self.n_parallel, candidates=cand_ids, draft=draft, stats=self._stats)
+
+    def decoding_stats(self, reset: bool = False) -> Dict[str, int]:
+        """Sequence steps decoded, tokens drafted and drafted tokens kept
+        since the last reset."""
+        stats = dict(self._stats)
+        if reset:
+            self._stats.update(steps=0, drafted=0, kept=0)
+        return stats
 
     def generate_ids(self, prompts: Sequence[str]) -> List[List[int]]:
         """Greedy new-token ids per prompt, without the prompt and without the final EOS."""

@@ -152,6 +152,7 @@ class SequenceBatcher:
         parallel: Optional[int] = None,
         candidates: Optional[Sequence[Sequence[int]]] = None,
         draft: Optional[Drafter] = None,
+        stats: Optional[Dict[str, int]] = None,
     ) -> Tuple[List[List[int]], Optional[List[List[float]]]]:
         """Greedy new tokens per prompt (ending token excluded), and with
         `candidates` each candidate's summed log-probability after the prompt.
@@ -170,7 +171,8 @@ class SequenceBatcher:
         so far; they are decoded with it in the same batch and kept as long
         as each is the token `pick` chooses at its position, so the output
         is the greedy output, in fewer decoding steps where drafts are right
-        (rejected tokens' cells are removed)."""
+        (rejected tokens' cells are removed). `stats` (if given) counts
+        sequence steps, drafted and kept tokens."""
         cand = [list(c) for c in candidates] if candidates is not None else None
         multi = [c for c, ids in enumerate(cand or ()) if len(ids) > 1]
         if cand is not None and any(not c for c in cand):
@@ -244,15 +246,15 @@ class SequenceBatcher:
                     proposal = list(draft(k, results[k]))[: max(0, room)]
                     proposal = proposal[: self.n_batch - 1]
                 if len(step) + 1 + len(proposal) > self.n_batch:
-                    self._verify(step, plans, active, next_token, pick, is_end, results)
+                    self._verify(step, plans, active, next_token, pick, is_end, results, stats)
                 plans.append((seq, len(step), proposal))
                 step.append((token, pos, (seq,), True))
                 step.extend((t, pos + 1 + j, (seq,), True) for j, t in enumerate(proposal))
             if step:
-                self._verify(step, plans, active, next_token, pick, is_end, results)
+                self._verify(step, plans, active, next_token, pick, is_end, results, stats)
         return results, scores
 
-    def _verify(self, step, plans, active, next_token, pick, is_end, results) -> None:
+    def _verify(self, step, plans, active, next_token, pick, is_end, results, stats) -> None:
         """Decode one batch of steps and keep each sequence's draft up to its
         first token that greedy picking would not choose."""
         self._decode(step)
@@ -268,6 +270,10 @@ class SequenceBatcher:
                 self._llama_cpp.llama_memory_seq_rm(self._mem, seq, pos + 1 + kept, -1)
             next_token[seq] = nxt
             active[seq] = (k, pos + 1 + kept)
+            if stats is not None:
+                stats["steps"] += 1
+                stats["drafted"] += len(proposal)
+                stats["kept"] += kept
         step.clear()
         plans.clear()
 

@@ -17,9 +17,19 @@ FIELDS: Tuple[Tuple[str, str], ...] = (
     ("prompt_tokens_per_s", "prompt tokens/s"),
     ("generated_tokens_per_s", "generated tokens/s"),
     ("outside_model_ms_per_doc", "ms/doc outside the model (target <= 1)"),
+    ("one_pass_speedup", "generate + label_scores time / one-pass generate_scored time"),
+    ("new_tokens_per_doc", "mean generated tokens per doc (ending token not counted)"),
     ("peak_rss_mb", "peak RSS of the process, MB"),
     ("one_at_a_time_docs_per_s", "docs/s, one prompt at a time"),
     ("batch_speedup", "batch 16 / one at a time (HF target >= 3)"),
+    ("docs_per_s_parallel_1", "docs/s of generate(), 1 prompt decoding at a time"),
+    ("docs_per_s_parallel_4", "docs/s of generate(), 4 at a time"),
+    ("docs_per_s_parallel_8", "docs/s of generate(), 8 at a time"),
+    ("prompt_lookup_speedup_1", "docs/s with / without prompt-lookup drafts, 1 at a time (llama.cpp)"),
+    ("prompt_lookup_speedup", "the same at the bench's batch size"),
+    ("prompt_lookup_kept", "share of drafted tokens kept, at the batch size"),
+    ("tokens_per_step", "tokens gained per sequence per decoding step with drafts (1 = none)"),
+    ("prompt_lookup_outputs_equal", "1 if drafting left every output unchanged"),
     ("constrained_docs_per_s", "docs/s, bare generate() constrained"),
     ("constrained_speed_ratio", "constrained / unconstrained generate() speed"),
     ("malformed_rate_unconstrained", "malformed outputs, unconstrained"),
@@ -28,7 +38,22 @@ FIELDS: Tuple[Tuple[str, str], ...] = (
     ("label_argmax_agreement_constrained", "generated label == argmax label_scores (constrained)"),
     ("entity_f1_unconstrained", "entity F1 vs gold, unconstrained"),
     ("entity_f1_constrained", "entity F1 vs gold, constrained"),
+    ("matmul_gflops", "machine: float32 GEMM GFLOPS at the bench's threads"),
+    ("memory_gb_per_s", "machine: memory copy GB/s (read + write)"),
+    ("gflop_per_doc", "model FLOPs per doc (body for every token, head per generated token)"),
+    ("compute_limit_docs_per_s", "ceiling from matmul GFLOPS"),
+    ("bandwidth_limit_docs_per_s", "ceiling from memory bandwidth at the batch size"),
+    ("share_of_compute_limit", "component docs/s / compute ceiling"),
+    ("share_of_bandwidth_limit", "component docs/s / bandwidth ceiling"),
+    ("ginza_full_docs_per_s", "docs/s from raw text: ja_ginza full pipeline + giellm (--ginza)"),
+    ("ginza_tokenizer_docs_per_s", "docs/s: ja_ginza tokenizer only + giellm (--ginza)"),
+    ("ginza_alone_docs_per_s", "docs/s: ja_ginza full pipeline alone (--ginza)"),
 )
+
+
+# the optional measuring steps, in run order ("ginza" only when asked for)
+STEPS: Tuple[str, ...] = ("batching", "drafting", "constrained", "limits")
+ALL_STEPS: Tuple[str, ...] = STEPS + ("ginza",)
 
 
 @dataclass
@@ -44,3 +69,6 @@ class BenchConfig:
     backends: Sequence[str] = ("hf", "gguf")
     threads: int = 1
     work_dir: Optional[str] = None
+    # optional steps to run (None: all but "ginza"); the component, outside-
+    # the-model and token-rate figures are always measured
+    steps: Optional[Sequence[str]] = None

@@ -10,7 +10,7 @@ from ._util import app, fail_cleanly
 
 @app.command("bench")
 def bench_cli(
-    model: Optional[Path] = typer.Option(None, "--model", help="HF model directory (default: build the tiny test model)"),
+    model: Optional[Path] = typer.Option(None, "--model", help="HF model directory, or an adapter's base with --adapter (default: build the tiny test model)"),
     gguf: Optional[Path] = typer.Option(None, "--gguf", help="GGUF file (default: the tiny model converted)"),
     texts: Optional[Path] = typer.Option(None, "--texts", help=".json list of {text}, .jsonl or .txt (default: the shipped sample)"),
     n: int = typer.Option(64, "--n", help="Docs to run (texts are cycled)"),
@@ -21,6 +21,7 @@ def bench_cli(
     threads: int = typer.Option(1, "--threads", help="CPU threads; 1 times CPU time, which a busy machine barely changes"),
     repeat: int = typer.Option(5, "--repeat", help="Best of this many runs per timing"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write all figures here as JSON"),
+    step: Optional[List[str]] = typer.Option(None, "--step", help="Optional steps to run, repeatable: batching, drafting, constrained, limits, ginza (ja_ginza full pipeline vs tokenizer only, + giellm). Default: all but ginza"),
 ) -> None:
     """Docs/s through the giellm component vs the bare backend, token rates,
     time outside the model, peak RSS, batching and constrained decoding."""
@@ -30,6 +31,11 @@ def bench_cli(
 
         if n < 1 or batch_size < 1 or max_new_tokens < 1 or threads < 1 or repeat < 1:
             raise ValueError("--n, --batch-size, --max-new-tokens, --threads and --repeat must be >= 1")
+        from ..bench.config import ALL_STEPS
+
+        bad_steps = sorted(set(step or ()) - set(ALL_STEPS))
+        if bad_steps:
+            raise ValueError(f"unknown --step {bad_steps}; use {', '.join(ALL_STEPS)}")
         kinds = list(backend or ["hf", "gguf"])
         unknown = sorted(set(kinds) - {"hf", "gguf"})
         if unknown:
@@ -47,6 +53,7 @@ def bench_cli(
             repeat=repeat,
             backends=kinds,
             threads=threads,
+            steps=list(step) if step else None,
         )
         results = run_bench(cfg)  # progress through the spacy_giellm logger
         typer.echo(format_table(results))
