@@ -152,7 +152,7 @@ def render(data: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]], style: s
     from spacy import displacy
 
     if style == "dep":
-        options = {"compact": True, "distance": 110, **options}
+        options = {"compact": True, "distance": 110, "word_spacing": 30, **options}
     if style == "span":
         colors = {_esc(k): v for k, v in POLARITY_COLORS.items()}
         options = {"colors": colors, **options}

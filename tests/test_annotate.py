@@ -182,3 +182,27 @@ def test_cli_prints_texts_given_as_arguments(pipeline_dir):
     assert CAR in result.stdout and "cats:" in result.stdout
     assert '  relations: [["提携", ["トヨタ", "日産"]]]' in result.stdout
     assert '  sentiments: [["広く", "positive"], ["丁寧", "positive"]]' in result.stdout
+
+
+@pytest.mark.slow
+def test_a_gguf_pipeline_annotates_a_file_through_llama_cpp(tiny_gguf, tmp_path):
+    """The real GGUF backend (a tiny random model: its outputs are noise,
+    which the rows must report as problems, not lose)."""
+    nlp = spacy.blank("ja")
+    nlp.add_pipe("giellm", config={"task": "scnm", "backend": {
+        "@giellm_backends": "giellm.LlamaCpp.v1", "model_path": str(tiny_gguf), "max_new_tokens": 12,
+        "n_threads": 1}})
+    nlp.to_disk(tmp_path / "pipeline")
+    texts = tmp_path / "texts.txt"
+    texts.write_text(f"{CAR}\n{SCRIPT}\n", encoding="utf8")
+    out, page = tmp_path / "out.jsonl", tmp_path / "page.html"
+    summary = annotate_file(tmp_path / "pipeline", texts, out, html=page, batch_size=2)
+    rows = _rows(out)
+    assert summary["annotated"] == 2 and [r["text"] for r in rows] == [CAR, SCRIPT]
+    assert all(set(r["cats"]) == {"社会", "文芸", "学問", "技術", "自然"} for r in rows)
+    # whatever the noise held, each row says what was dropped, per pipe
+    for row in rows:
+        assert set(row["problems"]) <= {"giellm"}
+    assert summary["docs_with_problems"] == sum(bool(r["problems"]) for r in rows)
+    check = check_markup(page.read_text(encoding="utf8"))
+    assert "script" not in check.tags and SCRIPT in "".join(check.text)
