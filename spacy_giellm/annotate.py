@@ -208,8 +208,10 @@ def annotate_file(
     progress: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """Annotate every text of `input_path` with `pipeline` (a directory, or
-    a loaded pipeline, which gets `keep_outputs`) and write `output` (`.jsonl` or `.spacy`) and/or the
-    `html` page. `progress`: a bar on stderr (None: only on a terminal).
+    a loaded pipeline, which gets `keep_outputs`) and write `output`
+    (`.jsonl` or `.spacy`) and/or the `html` page. The JSONL and the page
+    are streamed; a DocBin is held in memory until the end.
+    `progress`: a bar on stderr (None: only on a terminal).
     Returns a summary: texts read, annotated, skipped (with the lines and
     reasons), docs with problems, the files written."""
     from tqdm import tqdm
