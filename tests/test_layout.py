@@ -18,6 +18,7 @@ CORE = [
     "spacy_giellm.scoring",
     "spacy_giellm.docs",
     "spacy_giellm.corpora",
+    "spacy_giellm.visualize",
 ]
 HEAVY_OR_ABOVE = ["torch", "transformers", "llama_cpp", "typer", "spacy_giellm.component"]
 

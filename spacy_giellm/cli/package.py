@@ -1,4 +1,4 @@
-"""The `package` and `annotate` commands: a spaCy pipeline on the GGUF, and running it."""
+"""The `package` command: a spaCy pipeline on the GGUF."""
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -32,28 +32,3 @@ def package_cli(
             max_new_tokens=max_new_tokens, force=force,
         ))
 
-
-@app.command("annotate")
-def annotate_cli(
-    pipeline: Path = typer.Argument(..., help="A pipeline dir with giellm components (`package`)"),
-    texts: List[str] = typer.Argument(None, help="Texts (default: read lines from --input)"),
-    input_path: Optional[Path] = typer.Option(None, "--input", "-i", help="A text file, one text per line"),
-    scores: Optional[Path] = typer.Option(None, "--scores", help="metrics.json to print with the output"),
-) -> None:
-    """Annotate texts; print cats, ents, sentiment words, relations, events."""
-    with fail_cleanly():
-        from ..training.evaluate import markdown_table
-        from ..training.export import annotate
-
-        lines = list(texts or [])
-        if input_path is not None:
-            lines += [t.strip() for t in input_path.read_text(encoding="utf8").splitlines() if t.strip()]
-        if not lines:
-            raise ValueError("no texts: pass them as arguments or with --input")
-        for row in annotate(pipeline, lines):
-            typer.echo(row["text"])
-            for key in ("cats", "ents", "sentiments", "relations", "events"):
-                if row[key]:
-                    typer.echo(f"  {key}: {json.dumps(row[key], ensure_ascii=False)}")
-        if scores is not None:
-            typer.echo("\n" + markdown_table(json.loads(scores.read_text(encoding="utf8"))))

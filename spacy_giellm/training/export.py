@@ -261,28 +261,4 @@ def _check_replaceable(out: Path, force: bool) -> None:
         )
 
 
-def annotate(pipeline: PathLike, texts: Sequence[str]) -> List[Dict[str, Any]]:
-    """Run a pipeline over texts; cats, ents, sentiment spans, relations,
-    events per text."""
-    import spacy
-
-    import spacy_giellm.component as component
-
-    from .evaluate import register_backends
-
-    register_backends()
-    nlp = spacy.load(pipeline)
-    rows = []
-    for doc in nlp.pipe(texts):
-        rows.append({
-            "text": doc.text,
-            "cats": {k: round(v, 3) for k, v in doc.cats.items()},
-            "ents": [(e.text, e.label_) for e in doc.ents],
-            "sentiments": [(s.text, s.label_) for s in doc.spans.get(component.SENTIMENT_GROUP, [])],
-            "relations": [(r.label, [str(a) for a in r.args]) for r in doc._.relations],
-            "events": [(r.label, [str(a) for a in r.args]) for r in doc._.events],
-        })
-    return rows
-
-
-__all__ = ["merge", "export_gguf", "verify_gguf", "package_pipeline", "annotate", "tasks_of", "is_adapter"]
+__all__ = ["merge", "export_gguf", "verify_gguf", "package_pipeline", "tasks_of", "is_adapter"]
