@@ -255,41 +255,86 @@ class HFBackend(LocalModelBackend):
 
     def generate_ids(self, prompts: Sequence[str]) -> List[List[int]]:
         """Greedy new-token ids per prompt, without the prompt and without the final EOS."""
-        import torch
-
         prompts = list(prompts)
         if not prompts:
             return []
         self.load()
-        tok, model = self._tokenizer, self._model
-        gen_config = self._generation_config()
-        eos = set(self._eos_ids)
         results: List[List[int]] = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
-            enc = tok(chunk, return_tensors="pt", padding=True)
-            enc = {k: v.to(self._device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            kwargs: Dict[str, Any] = {}
-            if self.constrained:
-                from transformers import LogitsProcessorList
-
-                from .hf_constraints import HFConstraintProcessor
-
-                constrainer = self._prompt_constrainer()
-                kwargs["logits_processor"] = LogitsProcessorList(
-                    [HFConstraintProcessor([constrainer(p) for p in chunk])]
-                )
-            with torch.inference_mode():
-                out = model.generate(**enc, generation_config=gen_config, **kwargs)
-            new = out[:, enc["input_ids"].shape[1] :].tolist()
-            for row in new:
-                ids: List[int] = []
-                for t in row:
-                    if t in eos:
-                        break
-                    ids.append(t)
-                results.append(ids)
+            results.extend(self._generate_chunk(chunk, *self._encode(chunk)))
         return results
+
+    def _encode(self, chunk: List[str]):
+        """(input ids, attention mask, positions) of a left-padded batch,
+        the positions as `generate` gives left-padded rows."""
+        enc = self._tokenizer(chunk, return_tensors="pt", padding=True)
+        ids, mask = enc["input_ids"].to(self._device), enc["attention_mask"].to(self._device)
+        return ids, mask, (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def _generate_chunk(self, chunk: List[str], ids, mask, pos, cache: Any = None) -> List[List[int]]:
+        """Greedy new ids for one batch; `cache` holds all but the last prompt
+        token already (then only that token is run before decoding)."""
+        import torch
+
+        kwargs: Dict[str, Any] = {}
+        if self.constrained:
+            from transformers import LogitsProcessorList
+
+            from .hf_constraints import HFConstraintProcessor
+
+            constrainer = self._prompt_constrainer()
+            kwargs["logits_processor"] = LogitsProcessorList([HFConstraintProcessor([constrainer(p) for p in chunk])])
+        if cache is not None:
+            kwargs[_cache_argument(self._model.generate)] = cache
+        with torch.inference_mode():
+            out = self._model.generate(input_ids=ids, attention_mask=mask, generation_config=self._generation_config(),
+                                       **kwargs)
+        eos = set(self._eos_ids)
+        results: List[List[int]] = []
+        for row in out[:, ids.shape[1] :].tolist():
+            new: List[int] = []
+            for t in row:
+                if t in eos:
+                    break
+                new.append(t)
+            results.append(new)
+        return results
+
+    def _generate_scored_ids(self, prompts: List[str], cand_ids: List[List[int]]):
+        """(new ids, candidate log-probabilities) with one prompt pass per
+        batch: all but the last prompt token run once; a copy of their KV
+        cache scores the candidates (each from the last prompt token on),
+        the cache itself goes on into `generate`."""
+        import copy
+
+        import torch
+
+        self.load()
+        results: List[List[int]] = []
+        rows: List[List[float]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            ids, mask, pos = self._encode(chunk)
+            cache = self._prefix_cache(ids, mask, pos)
+            if cache is None:  # one-token prompts: nothing to share
+                results.extend(self._generate_chunk(chunk, ids, mask, pos))
+                rows.extend(self._chunk_logprobs(chunk, cand_ids).tolist())
+                continue
+            with torch.inference_mode():
+                rows.extend(self._score_from_prefix(copy.deepcopy(cache), ids, mask, pos, cand_ids).tolist())
+            results.extend(self._generate_chunk(chunk, ids, mask, pos, cache))
+        return results, rows
+
+    def _prefix_cache(self, ids, mask, pos) -> Any:
+        """The KV cache of every prompt token but the last (None for one-token prompts)."""
+        import torch
+
+        if ids.shape[1] < 2:
+            return None
+        with torch.inference_mode():
+            out = self._model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True)
+        return _output_cache(out)
 
     # ------------------------------------------------------ task and labels
 
@@ -319,45 +364,65 @@ class HFBackend(LocalModelBackend):
         """[prompt, candidate] summed log-probabilities (float32)."""
         import torch
 
-        tok, model, device = self._tokenizer, self._model, self._device
-        enc = tok(chunk, return_tensors="pt", padding=True)
-        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        # the positions generate() gives left-padded rows
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        multi = [c for c, t in enumerate(cand_ids) if len(t) > 1]
+        ids, mask, pos = self._encode(chunk)
+        cache = self._prefix_cache(ids, mask, pos)
         with torch.inference_mode():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(multi))
-            first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-            scores = first[:, [t[0] for t in cand_ids]].clone()
-            if not multi:
-                return scores
-            n_rep, width = len(multi), max(len(cand_ids[c]) for c in multi) - 1
-            rows = len(chunk) * n_rep
-            inputs = torch.full((rows, width), tok.pad_token_id, dtype=torch.long)
-            targets = torch.zeros((rows, width), dtype=torch.long)
-            valid = torch.zeros((rows, width), dtype=mask.dtype)
-            for j, c in enumerate(multi):
-                t = cand_ids[c]
-                inputs[j::n_rep, : len(t) - 1] = torch.tensor(t[:-1])
-                targets[j::n_rep, : len(t) - 1] = torch.tensor(t[1:])
-                valid[j::n_rep, : len(t) - 1] = 1
-            inputs, targets, valid = inputs.to(device), targets.to(device), valid.to(device)
-            # transformers 5 calls the KV cache `cache`, 4.x `past_key_values`
-            cache_key = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
-            cache = getattr(out, cache_key)
-            cache.batch_repeat_interleave(n_rep)
-            out2 = model(
-                input_ids=inputs,
-                attention_mask=torch.cat([mask.repeat_interleave(n_rep, 0), valid], dim=1),
-                position_ids=pos[:, -1:].repeat_interleave(n_rep, 0) + 1 + torch.arange(width, device=device),
-                use_cache=False,
-                **{cache_key: cache},
-            )
-            logits = out2.logits.float()
-            picked = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
-            extra = (picked * valid).sum(-1).view(len(chunk), n_rep)
-            scores[:, multi] += extra
-        return scores
+            return self._score_from_prefix(cache, ids, mask, pos, cand_ids)
+
+    def _score_from_prefix(self, cache: Any, ids, mask, pos, cand_ids: List[List[int]]):
+        """[prompt, candidate] summed log-probabilities, from the KV cache of
+        all but the last prompt token: each candidate is one row of the last
+        prompt token and the candidate's tokens but its last, on a copy of
+        its prompt's cache (`batch_repeat_interleave`; `cache` is consumed)."""
+        import torch
+
+        model, device = self._model, self._device
+        n_prompts, n_cand = ids.shape[0], len(cand_ids)
+        width = max(len(t) for t in cand_ids)
+        rows = n_prompts * n_cand
+        inputs = torch.full((rows, width), self._tokenizer.pad_token_id, dtype=torch.long)
+        targets = torch.zeros((rows, width), dtype=torch.long)
+        valid = torch.zeros((rows, width), dtype=mask.dtype)
+        inputs[:, 0] = ids[:, -1].cpu().repeat_interleave(n_cand)
+        for j, t in enumerate(cand_ids):
+            inputs[j::n_cand, 1 : len(t)] = torch.tensor(t[:-1])
+            targets[j::n_cand, : len(t)] = torch.tensor(t)
+            valid[j::n_cand, : len(t)] = 1
+        inputs, targets, valid = inputs.to(device), targets.to(device), valid.to(device)
+        kwargs: Dict[str, Any] = {}
+        past_mask = mask[:, :-1].repeat_interleave(n_cand, 0)
+        if cache is not None:
+            cache.batch_repeat_interleave(n_cand)
+            kwargs[_cache_argument(model.forward)] = cache
+        out = model(
+            input_ids=inputs,
+            attention_mask=torch.cat([past_mask, valid], dim=1),
+            position_ids=pos[:, -1:].repeat_interleave(n_cand, 0) + torch.arange(width, device=device),
+            use_cache=False,
+            **kwargs,
+        )
+        logits = out.logits.float()
+        picked = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
+        return (picked * valid).sum(-1).view(n_prompts, n_cand)
+
+
+def _output_cache(out: Any) -> Any:
+    """The KV cache of a model output (transformers 5 names it `cache`, 4.x `past_key_values`)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def _cache_argument(fn: Any) -> str:
+    """The keyword `fn` (a model's forward or generate) takes the KV cache
+    by: `cache` from transformers 5 on (where `past_key_values` is deprecated)."""
+    import inspect
+
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return "cache"
+    params = inspect.signature(fn).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 # The class is the registered function: its __init__ is the config schema.
