@@ -275,14 +275,14 @@ def test_user_task_from_task_file_to_annotation_without_repeating_it(user_files,
     result = run("merge", adapter, merged)
     assert result.exit_code == 0, result.output
     assert read_model_tasks(merged) == expected
-    gguf = tmp_path / "recipe.gguf"
-    result = run("export-gguf", merged, gguf, "--type", "f32")
-    assert result.exit_code == 0, result.output
-    assert read_model_tasks(gguf) == expected
-
     # held-out records without their sidecar: the model alone knows the task
     held_out = tmp_path / "held-out.jsonl"
     shutil.copy(mix / "test.jsonl", held_out)
+    gguf = tmp_path / "recipe.gguf"
+    result = run("export-gguf", merged, gguf, "--type", "f32", "--verify", held_out, "--verify-n", "1", "--verify-tokens", "4")
+    assert result.exit_code == 0, result.output
+    assert read_model_tasks(gguf) == expected
+    assert "verify: 1/1 greedy outputs identical" in result.output
     for model in (gguf, adapter):
         out = tmp_path / f"metrics-{model.name}"
         result = run("evaluate-model", model, held_out, "--output", out, "--max-new-tokens", "8", "--limit", "2")

@@ -114,10 +114,12 @@ def verify_gguf(
     should match exactly; a quantized one may not (its report says so)."""
     from ..backends.gguf_check import validate_gguf
     from ..format import build_input
+    from .model_tasks import model_task_resolver
 
     t0 = time.time()
     prompts: List[str] = []
-    for (task_name, instruction), (task, golds) in sorted(load_gold(data).items(), key=lambda kv: str(kv[0])):
+    groups = load_gold(data, model_task_resolver(hf_model, data=data))  # the model's tasks, else the data's
+    for (task_name, instruction), (task, golds) in sorted(groups.items(), key=lambda kv: str(kv[0])):
         prompts += [build_input(g.text or "", task, instruction) for g in golds[:n]]
     info = validate_gguf(gguf)
     n_ctx = int(info.get("context_length") or 2048)
