@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .annotation import Annotation
-from .corpora import CorpusError, ReadReport, annotation_from_record, read_jsonl, tasks_from_gold
+from .corpora import CorpusError, ReadReport, annotation_from_record, read_jsonl, task_resolver, tasks_from_gold
 from .corpora.jsonl import iter_json_lines
 from .scoring import score_annotations
 
@@ -22,13 +22,16 @@ def read_prediction_pairs(
 ) -> Tuple[List[Tuple[Annotation, Annotation]], int]:
     """(gold, predicted) annotation pairs, and how many predictions had parse
     problems. A prediction whose text or task differs from its gold record,
-    or a different number of records, is a ValueError naming the lines."""
-    gold = list(read_jsonl(gold_path, task=task, report=ReadReport(path=str(gold_path))))
+    or a different number of records, is a ValueError naming the lines.
+    Tasks resolve through `task` (the user's), then the gold file's sidecar,
+    then the built-in tasks."""
+    resolver = task_resolver(task, gold_path)
+    gold = list(read_jsonl(gold_path, task=resolver, report=ReadReport(path=str(gold_path))))
     gold_lines = [lineno for lineno, _ in iter_json_lines(gold_path)]
     preds = list(iter_json_lines(pred_path))
     if len(preds) != len(gold):
         raise ValueError(f"{gold_path} has {len(gold)} records but {pred_path} has {len(preds)}")
-    tasks = tasks_from_gold(gold, task)
+    tasks = tasks_from_gold(gold, resolver)
     pairs, problems = [], 0
     for g, g_line, (lineno, record) in zip(gold, gold_lines, preds):
         where = f"{pred_path}:{lineno}"

@@ -7,11 +7,14 @@ its labels and its Instruction Word (IW). A task with several word levels
 input says which.
 """
 import json
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from spacy.util import registry
+
+logger = logging.getLogger(__name__)
 
 WORD_KINDS = ("entities", "sentiments", "relations", "events")
 # How many fields a piece has (label included) and where the label sits.
@@ -290,3 +293,160 @@ def make_task(
 
 def task_names() -> List[str]:
     return sorted(BUILTIN_TASKS)
+
+
+# --- task definitions that travel with data and models -----------------------
+
+# The JSON that carries task definitions: a corpus's sidecar file
+# (`train.tasks.json` beside `train.jsonl`), `giellm_tasks.json` in a model
+# directory, the `giellm.tasks` string of an exported GGUF.
+TASKS_JSON_VERSION = 1
+TASKS_JSON_KEY = "giellm_tasks"
+
+
+def tasks_to_json(tasks: Iterable[Task]) -> Dict[str, Any]:
+    """`{"giellm_tasks": 1, "tasks": [task dict, ...]}` (see `Task.to_dict`)."""
+    return {TASKS_JSON_KEY: TASKS_JSON_VERSION, "tasks": [task.to_dict() for task in tasks]}
+
+
+def tasks_from_json(data: Any, source: str) -> Dict[str, Task]:
+    """The tasks of `tasks_to_json`'s JSON, by name; ValueError naming
+    `source` (and the task's index) for anything else."""
+    if not isinstance(data, dict) or data.get(TASKS_JSON_KEY) != TASKS_JSON_VERSION:
+        raise ValueError(
+            f"{source}: not a task definitions file (expected an object with "
+            f"{TASKS_JSON_KEY!r}: {TASKS_JSON_VERSION} and 'tasks')"
+        )
+    items = data.get("tasks")
+    if not isinstance(items, list):
+        raise ValueError(f"{source}: 'tasks' must be a list of task definitions")
+    tasks: Dict[str, Task] = {}
+    for i, item in enumerate(items):
+        where = f"{source}: tasks[{i}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: a task definition is an object")
+        task = Task.from_dict(item, source=where)
+        if task.name in tasks:
+            raise ValueError(f"{where}: task {task.name!r} is defined twice")
+        tasks[task.name] = task
+    return tasks
+
+
+def read_tasks_json(path: Union[str, Path]) -> Dict[str, Task]:
+    """The task definitions in the JSON file `path` (`tasks_to_json`)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read task definitions: {err}") from err
+    return tasks_from_json(data, str(path))
+
+
+def _difference(a: Task, b: Task) -> str:
+    """What differs between two definitions of one task, briefly."""
+    da, db = a.to_dict(), b.to_dict()
+    out = []
+    if da["text_labels"] != db["text_labels"]:
+        out.append(f"text labels {da['text_labels']} vs {db['text_labels']}")
+    levels_a = {wl["kind"]: wl for wl in da["word_levels"]}
+    levels_b = {wl["kind"]: wl for wl in db["word_levels"]}
+    for kind in dict.fromkeys([*levels_a, *levels_b]):
+        wa, wb = levels_a.get(kind), levels_b.get(kind)
+        if wa is None or wb is None:
+            out.append(f"{kind}: {'none' if wa is None else 'some'} vs {'none' if wb is None else 'some'}")
+        elif wa["labels"] != wb["labels"]:
+            out.append(f"{kind} labels {wa['labels']} vs {wb['labels']}")
+        elif wa != wb:
+            out.append(f"{kind}: {sorted(k for k in wa if wa[k] != wb.get(k))} differ")
+    rest = sorted(k for k in set(da) | set(db) if k not in ("text_labels", "word_levels") and da.get(k) != db.get(k))
+    if rest:
+        out.append(f"{', '.join(rest)} differ")
+    return "; ".join(out)
+
+
+class TaskResolver:
+    """What a task name found in data (a record's `task`) stands for.
+
+    The sources are searched in order, the built-in tasks last; the first
+    that defines the name wins. A typical order: the user's `--task` files,
+    then the tasks a model was trained on, then those a corpus carries.
+    Where another source defines the name differently, one line on the
+    `spacy_giellm` logger says which definition was used. A name is only
+    looked up: nothing named in data is ever opened as a file.
+
+    `default` is the task of records that name none (the one task the user
+    gave, if exactly one)."""
+
+    def __init__(
+        self,
+        sources: Sequence[Tuple[str, Mapping[str, Task]]] = (),
+        default: Optional[Task] = None,
+    ) -> None:
+        self.sources: List[Tuple[str, Dict[str, Task]]] = [(label, dict(tasks)) for label, tasks in sources]
+        self.sources.append(("the built-in tasks", dict(BUILTIN_TASKS)))
+        self.default = default
+        self.origins: Dict[str, str] = {}  # name -> the source whose definition was used
+        self._resolved: Dict[str, Task] = {}
+
+    @classmethod
+    def with_overrides(
+        cls,
+        overrides: Union[None, "TaskSpec", Sequence["TaskSpec"]] = None,
+        sources: Sequence[Tuple[str, Mapping[str, Task]]] = (),
+    ) -> "TaskResolver":
+        """The user's tasks (`--task`: names, files, Tasks or dicts) first,
+        then `sources`. One user task is also the task of records naming none."""
+        if overrides is None:
+            overrides = []
+        elif isinstance(overrides, (str, Path, Task, Mapping)):
+            overrides = [overrides]
+        given: List[Tuple[str, Dict[str, Task]]] = []
+        for spec in overrides:
+            task = get_task(spec)
+            label = f"--task {spec}" if isinstance(spec, (str, Path)) else "the task given"
+            given.append((label, {task.name: task}))
+        names = [name for _, tasks in given for name in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two tasks given for one name: {names}")
+        default = next(iter(given[0][1].values())) if len(given) == 1 else None
+        return cls([*given, *sources], default=default)
+
+    def known(self) -> List[str]:
+        return sorted({name for _, tasks in self.sources for name in tasks})
+
+    def resolve(self, name: Optional[str]) -> Task:
+        """The task `name` stands for (None: `default`); KeyError if none."""
+        if name is None:
+            if self.default is None:
+                raise KeyError("record names no task; give the task (--task)")
+            return self.default
+        if name in self._resolved:
+            return self._resolved[name]
+        found = [(label, tasks[name]) for label, tasks in self.sources if name in tasks]
+        if not found:
+            carried = sorted({n for _, tasks in self.sources[:-1] for n in tasks} - set(BUILTIN_TASKS))
+            raise KeyError(
+                f"unknown task {name!r}; built-in tasks: {sorted(BUILTIN_TASKS)}"
+                + (f"; given or carried by the data or model: {carried}" if carried else "")
+                + " (a task file is given by the user, e.g. --task, not named in the data)"
+            )
+        label, task = found[0]
+        differing = [(other_label, other) for other_label, other in found[1:] if other != task]
+        if differing:
+            logger.warning(
+                "task %r: using the definition from %s; %s", name, label, "; ".join(
+                    f"{other_label} defines it differently ({_difference(task, other)})"
+                    for other_label, other in differing
+                ),
+            )
+        self._resolved[name] = task
+        self.origins[name] = label
+        return task
+
+    @property
+    def used(self) -> Dict[str, Task]:
+        """The tasks resolved so far, by name, in the order first asked for."""
+        return dict(self._resolved)
+
+
+TaskSpec = Union[str, Path, Task, Mapping[str, Any]]

@@ -294,7 +294,9 @@ def test_a_record_cannot_open_a_task_file(tmp_path):
         with pytest.raises(CorpusError, match=rf"^{data}:1: unknown task '\.\./x/evil\.json'"):
             read_corpus("jsonl", data)
         # the user may give that file; then the record must name its task
-        with pytest.raises(CorpusError, match="record is for task '../x/evil.json', not 'evil'"):
+        with pytest.raises(
+            CorpusError, match=r"unknown task '\.\./x/evil\.json'; .*given or carried by the data or model: \['evil'\]"
+        ):
             read_corpus("jsonl", data, task=str(evil))
         data.write_text(json.dumps({**record, "task": "evil"}) + "\n", encoding="utf8")
         assert read_corpus("jsonl", data, task=str(evil))[0][0].label == "A"
@@ -314,9 +316,10 @@ def test_written_files_get_mode_from_the_umask(tmp_path):
         atomic_write_text(tmp_path / "a.json", "{}")
     finally:
         os.umask(old)
-    for name in ("a.jsonl", "a.spacy", "a.json"):
+    # a.tasks.json: the task definitions beside a.jsonl and a.spacy (one sidecar for the two)
+    for name in ("a.jsonl", "a.spacy", "a.json", "a.tasks.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.jsonl", "a.spacy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.jsonl", "a.spacy", "a.tasks.json"]
 
 
 def test_atomic_write_keeps_the_old_file_on_error(tmp_path):

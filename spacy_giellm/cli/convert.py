@@ -23,11 +23,15 @@ def convert_cli(
 ) -> None:
     """Convert a corpus to the project's JSONL or to a spaCy DocBin.
 
-    The JSONL holds the input/output pairs and the structured annotations."""
+    The JSONL holds the input/output pairs and the structured annotations;
+    OUT's sidecar (train.jsonl -> train.tasks.json) the definitions of the
+    tasks its records name, so that later commands need no --task."""
     with fail_cleanly():
         import inspect
 
-        from ..corpora import ReadReport, get_reader, write_docbin, write_jsonl
+        from ..corpora import (
+            ReadReport, corpus_tasks, get_reader, task_resolver, tasks_path, write_docbin, write_jsonl,
+        )
 
         read = get_reader(reader)
         options: Dict[str, Any] = {"task": task, "split": split or None, "input_col": input_col, "output_col": output_col}
@@ -39,6 +43,14 @@ def convert_cli(
             raise ValueError(f"the {reader} reader does not take {flags}")
         if not input_path.exists():
             raise FileNotFoundError(f"no such file: {input_path}")
+        # One resolver for the reader and the writer: --task first, then the
+        # tasks the input carries (jsonl, docbin), then the built-in ones.
+        carries_tasks = reader in ("jsonl", "docbin")
+        resolver = task_resolver(task, input_path if carries_tasks else None)
+        if carries_tasks:
+            options["task"] = resolver
+        elif task is not None:
+            options["task"] = resolver.default  # the file read once
         report = ReadReport(path=str(input_path))
         annotations = progress(
             read(input_path, skip_errors=skip_errors, report=report, **options), input_path, "convert"
@@ -49,10 +61,11 @@ def convert_cli(
                 import spacy
 
                 nlp = spacy.load(model) if not (len(model) <= 3 and model.isalpha()) else spacy.blank(model)
-            written = write_docbin(annotations, output_path, task, nlp=nlp, skip_errors=skip_errors, report=report)
+            written = write_docbin(annotations, output_path, resolver, nlp=nlp, skip_errors=skip_errors, report=report)
         else:
             if model:
                 raise ValueError("--model applies to .spacy output only")
-            written = write_jsonl(annotations, output_path, task, skip_errors=skip_errors, report=report)
+            written = write_jsonl(annotations, output_path, resolver, skip_errors=skip_errors, report=report)
         typer.echo(report.summary())
         typer.echo(f"wrote {written} records to {output_path}")
+        typer.echo(f"wrote the definitions of task(s) {sorted(corpus_tasks(output_path))} to {tasks_path(output_path)}")

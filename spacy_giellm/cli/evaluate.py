@@ -12,7 +12,9 @@ from ._util import app, fail_cleanly
 def evaluate_cli(
     gold_path: Path = typer.Argument(..., metavar="GOLD", help="Gold JSONL"),
     pred_path: Path = typer.Argument(..., metavar="PRED", help="Predicted JSONL: raw 'output' strings or structured fields"),
-    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task name or file, where the records name none"),
+    task: Optional[str] = typer.Option(
+        None, "--task", "-t", help="Task name or file: for records naming none, and over the definition GOLD's sidecar (GOLD.tasks.json) carries"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON"),
 ) -> None:
     """Score predictions against gold: TL / WL / ALL accuracy and P/R/F in %.

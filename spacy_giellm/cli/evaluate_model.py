@@ -1,5 +1,6 @@
 """The `evaluate-model` command: a trained model on held-out data, through the component."""
 from pathlib import Path
+from typing import List, Optional
 
 import typer
 
@@ -17,15 +18,22 @@ def evaluate_model_cli(
     limit: int = typer.Option(0, "--limit", help="At most N records per task (0: all)"),
     title: str = typer.Option("", "--title"),
     constrained: bool = typer.Option(False, "--constrained", help="Constrained decoding (well-formed outputs only)"),
+    task: Optional[List[str]] = typer.Option(
+        None, "--task", "-t", help="A task file (.json/.toml) or built-in name whose definition wins over the model's and the data's (repeatable)"
+    ),
 ) -> None:
     """Run a trained model through the `giellm` component on held-out data;
-    TL / WL / ALL accuracy and P/R/F per task (the paper's Table 1)."""
+    TL / WL / ALL accuracy and P/R/F per task (the paper's Table 1).
+
+    The records' tasks are the model's own (stored by `train`), else those
+    DATA's sidecar carries, else built-in; --task overrides."""
     with fail_cleanly():
         from ..training.evaluate import evaluate, markdown_table
 
         metrics = evaluate(
             model, data, output_dir, nlp_base=nlp_base, max_new_tokens=max_new_tokens,
             batch_size=batch_size, limit=limit, title=title, constrained=constrained,
+            tasks=list(task or []),
         )
         typer.echo(markdown_table(metrics))
         typer.echo(markdown_table(metrics, level="pipeline").split("\n", 2)[2])

@@ -21,6 +21,9 @@ def train_cli(
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Build a tiny Llama + tokenizer from the training texts"),
     full: bool = typer.Option(False, "--full", help="Full fine-tuning instead of LoRA"),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated tasks to keep (each must have examples)"),
+    task_files: Optional[List[str]] = typer.Option(
+        None, "--task", "-t", help="A task file (.json/.toml) or built-in name whose definition wins over the one TRAIN's sidecar (TRAIN.tasks.json) carries (repeatable)"
+    ),
     lora_r: int = typer.Option(8, "--lora-r"),
     lora_alpha: int = typer.Option(16, "--lora-alpha"),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
@@ -49,7 +52,9 @@ def train_cli(
     """Fine-tune (LoRA or full) or train a tiny model from scratch. Rerun to
     resume from the last checkpoint. Multi-GPU: `accelerate launch -m
     spacy_giellm train ...`. SPACY_GIELLM_MAX_STEPS, if set, overrides
-    --max-steps (a short CI run of a project workflow)."""
+    --max-steps (a short CI run of a project workflow). The model stores
+    the definitions of the tasks it is trained on (model/giellm_tasks.json,
+    from TRAIN's sidecar, --task or the built-in tasks)."""
     with fail_cleanly():
         from ..training.train import TinyModelConfig, TrainConfig, train
 
@@ -59,6 +64,7 @@ def train_cli(
             eval_steps = max(1, min(eval_steps, max_steps))
         cfg = TrainConfig(
             base_model=base_model, from_scratch=from_scratch, full=full, tasks=tuple(_csv(tasks)),
+            task_files=tuple(task_files or ()),
             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
             lora_target_modules=tuple(_csv(lora_targets)), output_token_loss=not full_logits, precision=precision, epochs=epochs, max_steps=max_steps,
             max_time=max_time, time_clock=time_clock, learning_rate=lr, warmup=warmup, batch_size=batch_size,

@@ -14,6 +14,10 @@ Readers: `jsonl` (the project's own schema, see `jsonl.py`), `pairs`
 (formatted input/output pairs, CSV or JSONL), `docbin` (spaCy DocBin),
 `stockmark-ner` (stockmark Wikipedia NER `ner.json`), `jrte-pn` (jrte-corpus
 `pn.tsv`). `register_reader` adds one.
+
+The tasks a corpus file's records name are defined in its sidecar
+(`train.jsonl` -> `train.tasks.json`, `sidecar.py`): the writers write it,
+the readers resolve record tasks against it (`tasks.TaskResolver`).
 """
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
@@ -26,6 +30,7 @@ from .labels import infer_task_labels, tasks_from_gold
 from .pairs import read_pairs
 from .report import CorpusError, ReadReport
 from .sampling import PAPER_SIZES, sample_mix, split_train_dev_test
+from .sidecar import corpus_tasks, task_resolver, tasks_path, write_corpus_tasks
 from .stockmark import read_stockmark_ner
 
 Reader = Callable[..., Iterator[Annotation]]
@@ -69,6 +74,7 @@ __all__ = [
     "annotation_record",
     "annotation_to_doc",
     "char_nlp",
+    "corpus_tasks",
     "doc_to_annotation",
     "get_reader",
     "infer_task_labels",
@@ -81,7 +87,10 @@ __all__ = [
     "register_reader",
     "sample_mix",
     "split_train_dev_test",
+    "task_resolver",
     "tasks_from_gold",
+    "tasks_path",
+    "write_corpus_tasks",
     "write_docbin",
     "write_jsonl",
     "PAPER_SIZES",

@@ -16,9 +16,10 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Union
 
 from ..annotation import Annotation
 from ..docs import USER_DATA_KEY, annotation_to_doc, char_nlp, doc_to_annotation
-from ..tasks import Task
+from ..tasks import Task, TaskResolver, TaskSpec
 from ..util import atomic_path
-from .report import CorpusError, ReadReport, TaskSpec, annotation_problems, resolve_task, writer_where
+from .report import CorpusError, ReadReport, annotation_problems, resolve_task, writer_where
+from .sidecar import task_resolver, write_corpus_tasks
 
 PathLike = Union[str, Path]
 
@@ -26,27 +27,32 @@ PathLike = Union[str, Path]
 def write_docbin(
     annotations: Iterable[Annotation],
     path: PathLike,
-    task: Optional[TaskSpec] = None,
+    task: Union[None, TaskSpec, TaskResolver] = None,
     *,
     nlp: Any = None,
     skip_errors: bool = False,
     report: Optional[ReadReport] = None,
 ) -> int:
-    """Write annotations to a `.spacy` DocBin (with user data). `nlp`
-    tokenizes (default: one token per character). Returns the number
-    written; lossy steps are counted in `report.warnings`."""
+    """Write annotations to a `.spacy` DocBin (with user data), and the
+    definitions of their tasks to its sidecar (`x.tasks.json`); tasks
+    resolve as in `write_jsonl`. `nlp` tokenizes (default: one token per
+    character). Returns the number written; lossy steps are counted in
+    `report.warnings`."""
     from spacy.tokens import DocBin
 
     report = report if report is not None else ReadReport(path=str(path))
     nlp = nlp if nlp is not None else char_nlp()
-    cache: Dict[str, Task] = {}
+    resolver = task_resolver(task)
+    tasks: Dict[str, Task] = {}
     db = DocBin(store_user_data=True)
     written = 0
     for i, ann in enumerate(annotations, 1):
         where = writer_where(ann, path, i)
         try:
-            resolved = resolve_task(task, ann.task, where, cache) if (task or ann.task) else None
+            resolved = resolve_task(resolver, ann.task, where) if (resolver.default or ann.task) else None
             db.add(annotation_to_doc(ann, nlp, resolved, report))
+            if resolved is not None:
+                tasks.setdefault(resolved.name, resolved)
         except CorpusError as err:
             report.skip(err, skip_errors)
             continue
@@ -56,6 +62,7 @@ def write_docbin(
         written += 1
     with atomic_path(path) as tmp:
         db.to_disk(tmp)
+        write_corpus_tasks(path, tasks)  # before the DocBin replaces `path`
     report.written += written
     return written
 
@@ -63,13 +70,14 @@ def write_docbin(
 def read_docbin(
     path: PathLike,
     *,
-    task: Optional[TaskSpec] = None,
+    task: Union[None, TaskSpec, TaskResolver] = None,
     nlp: Any = None,
     skip_errors: bool = False,
     report: Optional[ReadReport] = None,
 ) -> Iterator[Annotation]:
-    """Annotations from a `.spacy` DocBin. The task is `task`, else the one
-    each Doc names in its user data (a built-in task)."""
+    """Annotations from a `.spacy` DocBin. The task each Doc names in its
+    user data resolves as in `read_jsonl`: the user's `task` (also for Docs
+    naming none), the DocBin's sidecar, the built-in tasks."""
     from spacy.tokens import DocBin
 
     import spacy
@@ -82,12 +90,12 @@ def read_docbin(
             raise
         raise ValueError(f"{path}: not a DocBin: {err}") from err
     vocab = nlp.vocab if nlp is not None else spacy.blank("xx").vocab
-    cache: Dict[str, Task] = {}
+    resolver = task_resolver(task, path)
     for i, doc in enumerate(db.get_docs(vocab)):
         report.read += 1
         where = f"{path}: doc {i}"
         try:
-            resolved = resolve_task(task, doc.user_data.get((USER_DATA_KEY, "task")), where, cache)
+            resolved = resolve_task(resolver, doc.user_data.get((USER_DATA_KEY, "task")), where)
             ann = doc_to_annotation(doc, resolved)
             bad = annotation_problems(ann, resolved)
             if bad:

@@ -10,6 +10,10 @@ format, plus the corpus's extra fields (`Annotation.meta`, e.g. jrte's `id`
 and `split`). Structured fields win over `output`; a record with only an
 `output` (a model's prediction) is parsed with its task. A record without
 `text` gets it back from `input`.
+
+The definitions of the tasks the records name travel beside the file, in
+`<name>.tasks.json` (`sidecar.py`): `write_jsonl` writes it, `read_jsonl`
+reads it.
 """
 import json
 from pathlib import Path
@@ -17,18 +21,18 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 from ..annotation import Annotation
 from ..format import parse_input, parse_output, to_pair
-from ..tasks import Task
+from ..tasks import Task, TaskResolver, TaskSpec
 from ..util import atomic_path
 from .report import (
     CorpusError,
     ReadReport,
-    TaskSpec,
     annotation_problems,
     iter_lines,
     record_problems,
     resolve_task,
     writer_where,
 )
+from .sidecar import task_resolver, write_corpus_tasks
 
 PathLike = Union[str, Path]
 
@@ -53,12 +57,12 @@ def iter_json_lines(path: PathLike) -> Iterator[Tuple[int, Any]]:
 def annotation_from_record(
     record: Any,
     where: str,
-    task: Optional[TaskSpec] = None,
-    cache: Optional[Dict[str, Task]] = None,
+    task: Union[None, TaskSpec, TaskResolver] = None,
     lenient: bool = False,
 ) -> Tuple[Annotation, Task, int]:
     """One JSONL record as an Annotation, its task, and how many parse
     problems its `output` had (0 unless `lenient`; otherwise problems raise).
+    `task`: a TaskResolver, or the task (see `sidecar.task_resolver`).
 
     A record that is a JSON string is taken as a raw `output`."""
     if isinstance(record, str):
@@ -68,7 +72,7 @@ def annotation_from_record(
     name = record.get("task")
     if name is not None and not isinstance(name, str):
         raise CorpusError(f"{where}: 'task' must be a string, got {name!r}")
-    resolved = resolve_task(task, name, where, cache if cache is not None else {})
+    resolved = resolve_task(task_resolver(task), name, where)
     for key in ("text", "input", "output", "label", "instruction"):
         if record.get(key) is not None and not isinstance(record[key], str):
             raise CorpusError(f"{where}: {key!r} must be a string, got {record[key]!r}")
@@ -112,25 +116,26 @@ def annotation_from_record(
 def read_jsonl(
     path: PathLike,
     *,
-    task: Optional[TaskSpec] = None,
+    task: Union[None, TaskSpec, TaskResolver] = None,
     skip_errors: bool = False,
     report: Optional[ReadReport] = None,
     lenient: bool = False,
 ) -> Iterator[Annotation]:
-    """Annotations from the project's JSONL. `task` (name, file, Task) is
-    used for records that name none and must match those that do; without
-    it each record's `task` must be a built-in task. `lenient=True` keeps
-    outputs with parse problems (predictions) and counts them in
-    `report.problems` instead of failing."""
+    """Annotations from the project's JSONL. A record's `task` names its
+    task: the user's `task` (name, file, Task; also used for records that
+    name none), else one the file's sidecar defines, else a built-in one.
+    A TaskResolver as `task` is used as it is (the caller chose its
+    sources). `lenient=True` keeps outputs with parse problems
+    (predictions) and counts them in `report.problems` instead of failing."""
     report = report if report is not None else ReadReport(path=str(path))
-    cache: Dict[str, Task] = {}
+    resolver = task_resolver(task, path)
     for lineno, record in iter_json_lines(path):
         report.read += 1
         where = f"{path}:{lineno}"
         try:
             if isinstance(record, CorpusError):
                 raise record
-            ann, resolved, problems = annotation_from_record(record, where, task, cache, lenient)
+            ann, resolved, problems = annotation_from_record(record, where, resolver, lenient)
         except CorpusError as err:
             report.skip(err, skip_errors)
             continue
@@ -155,24 +160,28 @@ def annotation_record(ann: Annotation, task: Task) -> Dict[str, Any]:
 def write_jsonl(
     annotations: Iterable[Annotation],
     path: PathLike,
-    task: Optional[TaskSpec] = None,
+    task: Union[None, TaskSpec, TaskResolver] = None,
     *,
     skip_errors: bool = False,
     report: Optional[ReadReport] = None,
 ) -> int:
     """Write annotations as JSONL records (see the module docstring), all or
-    nothing: a temporary file replaces `path` once every record is written.
-    Without `task`, each annotation's own (built-in) task is used. Returns
-    the number written; an annotation the format cannot carry raises
-    CorpusError (or is counted as skipped with `skip_errors`)."""
+    nothing: a temporary file replaces `path` once every record is written,
+    with the sidecar holding the definitions of the tasks written. Each
+    annotation's task resolves through `task` (a TaskResolver: pass the
+    reader's, so that the tasks its corpus carried are found; or the task
+    itself), else a built-in task of that name. Returns the number written;
+    an annotation the format cannot carry raises CorpusError (or is counted
+    as skipped with `skip_errors`)."""
     report = report if report is not None else ReadReport(path=str(path))
-    cache: Dict[str, Task] = {}
+    resolver = task_resolver(task)
+    tasks: Dict[str, Task] = {}
     written = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf8") as f:
         for i, ann in enumerate(annotations, 1):
             where = writer_where(ann, path, i)
             try:
-                resolved = resolve_task(task, ann.task, where, cache)
+                resolved = resolve_task(resolver, ann.task, where)
                 record = annotation_record(ann, resolved)
             except CorpusError as err:
                 report.skip(err, skip_errors)
@@ -181,6 +190,8 @@ def write_jsonl(
                 report.fail(where, f"cannot write {ann.text!r:.60}: {err}", skip_errors)
                 continue
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            tasks.setdefault(resolved.name, resolved)
             written += 1
+        write_corpus_tasks(path, tasks)  # before the records replace `path`
     report.written += written
     return written

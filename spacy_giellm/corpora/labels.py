@@ -8,12 +8,12 @@ relation and event labels) or that name them differently.
   on them.
 """
 import re
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple, Union
 
 from ..annotation import Annotation
 from ..format import parse_output
-from ..tasks import Task, get_task, task_named
-from .report import TaskSpec
+from ..tasks import Task, TaskResolver, TaskSpec, get_task
+from .sidecar import task_resolver
 
 
 def _pairs_of(records: Iterable[Any], input_key: str, output_key: str) -> Iterator[Tuple[str, str]]:
@@ -84,14 +84,19 @@ def infer_task_labels(
     )
 
 
-def tasks_from_gold(annotations: Iterable[Annotation], task: Optional[TaskSpec] = None) -> Dict[Any, Task]:
-    """The task of each task name in gold `annotations` (or `task` for all);
-    a word level without labels (TCREE) gets the labels the gold uses, so
-    that predictions parse anchored on them."""
+def tasks_from_gold(
+    annotations: Iterable[Annotation], task: Union[None, TaskSpec, TaskResolver] = None
+) -> Dict[Any, Task]:
+    """The task of each task name in gold `annotations`, resolved through
+    `task` (a TaskResolver: pass the reader's; or the user's task), else
+    the built-in task of that name; a word level without labels (TCREE)
+    gets the labels the gold uses, so that predictions parse anchored on
+    them."""
     annotations = list(annotations)
+    resolver = task_resolver(task)
     tasks: Dict[Any, Task] = {}
     for name in dict.fromkeys(a.task for a in annotations):
-        resolved = get_task(task) if task is not None else task_named(name)
+        resolved = resolver.resolve(name)
         unknown = [wl.kind for wl in resolved.word_levels if not wl.labels]
         seen: Dict[str, Dict[str, None]] = {kind: {} for kind in unknown}
         for ann in annotations:

@@ -4,12 +4,10 @@ of an annotation against its task."""
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Iterator, List, Mapping, Optional, Tuple
 
 from ..annotation import Annotation
-from ..tasks import WORD_KINDS, Task, get_task, task_named
-
-TaskSpec = Union[str, Task, Mapping[str, Any]]
+from ..tasks import WORD_KINDS, Task, TaskResolver, TaskSpec
 
 
 class CorpusError(ValueError):
@@ -117,25 +115,14 @@ def writer_where(ann: Annotation, path: Any, i: int) -> str:
     return ann.source or f"{path}: record {i}"
 
 
-def resolve_task(
-    task: Optional[TaskSpec], name: Optional[str], where: str, cache: Dict[str, Task]
-) -> Task:
-    """The task for a record naming task `name`: the given one (which must
-    carry that name), else the built-in one of that name. A name in the data
-    is only a name: it never opens a task file."""
-    if task is not None:
-        resolved = get_task(task)
-        if name is not None and name != resolved.name:
-            raise CorpusError(f"{where}: record is for task {name!r}, not {resolved.name!r}")
-        return resolved
-    if name is None:
-        raise CorpusError(f"{where}: record names no task; give the task (--task)")
-    if name not in cache:
-        try:
-            cache[name] = task_named(name)
-        except KeyError as err:
-            raise CorpusError(f"{where}: {err.args[0] if err.args else err}") from err
-    return cache[name]
+def resolve_task(resolver: TaskResolver, name: Optional[str], where: str) -> Task:
+    """The task a record naming task `name` is for (see `TaskResolver`); a
+    name no source defines is a CorpusError naming `where`. A name in the
+    data is only a name: it never opens a task file."""
+    try:
+        return resolver.resolve(name)
+    except KeyError as err:
+        raise CorpusError(f"{where}: {err.args[0] if err.args else err}") from err
 
 
 def _is_str(value: Any) -> bool:

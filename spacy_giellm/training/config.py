@@ -25,6 +25,9 @@ class TrainConfig:
     from_scratch: bool = False
     full: bool = False
     tasks: Sequence[str] = ()
+    # The user's task definitions (`--task`: names or task files); they win
+    # over those the training data's sidecar carries.
+    task_files: Sequence[str] = ()
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05

@@ -18,12 +18,15 @@ than `max_length` is skipped and counted, never truncated.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from ..util import atomic_path
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 PathLike = Union[str, Path]
@@ -178,10 +181,14 @@ def split_and_mix(
     training parts with `sizes` records per dataset (None: all; fewer than
     asked: all, reported). Records sharing a text (TCREE's relation and event
     pairs) stay on the same side. Writes train/dev/test.jsonl to `out_dir`
-    (records unchanged) and returns the counts."""
+    (records unchanged), each with the sidecar that defines its tasks (from
+    the datasets' sidecars, else built-in), and returns the counts."""
     from ..corpora import sample_mix, split_train_dev_test
+    from ..corpora.sidecar import corpus_task_sources, record_tasks, write_corpus_tasks
+    from ..tasks import TaskResolver
 
     out = Path(out_dir)
+    resolver = TaskResolver([s for _, path in sorted(datasets.items()) for s in corpus_task_sources(path)])
     parts: Dict[str, Dict[str, List[Dict[str, Any]]]] = {"train": {}, "dev": {}, "test": {}}
     for name, path in sorted(datasets.items()):
         records = read_records(path)
@@ -203,10 +210,19 @@ def split_and_mix(
             rows = sample_mix(parts[split], wanted, seed=seed, allow_fewer=True)
         else:
             rows = [r for name in sorted(parts[split]) for r in parts[split][name]]
+        tasks, unknown = record_tasks(rows, resolver)
+        if unknown:
+            logger.warning(
+                "mix: no definition of task(s) %s (no sidecar of their dataset defines them, nor are they "
+                "built-in): %s.jsonl's sidecar leaves them out; later commands need --task for them",
+                unknown, split,
+            )
         with atomic_path(out / f"{split}.jsonl") as tmp, tmp.open("w", encoding="utf8") as f:
             for rec in rows:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            write_corpus_tasks(out / f"{split}.jsonl", tasks)  # before the records replace the file
         counts[split] = dict(Counter(str(r.get("task")) for r in rows))
+    counts["tasks"] = {name: resolver.origins[name] for name in resolver.used}
     return counts
 
 

@@ -104,15 +104,19 @@ def add_giellm(nlp: Any, task: Task, backend: Dict[str, Any], name: str, **optio
     return nlp.add_pipe("giellm", name=name, config=config)
 
 
-def load_gold(path: PathLike) -> Dict[Tuple[str, Optional[str]], Tuple[Task, List[Annotation]]]:
-    """Gold annotations grouped by (task, instruction word)."""
-    from ..corpora import ReadReport, read_jsonl
+def load_gold(path: PathLike, resolver: Optional[Any] = None) -> Dict[Tuple[str, Optional[str]], Tuple[Task, List[Annotation]]]:
+    """Gold annotations grouped by (task, instruction word). The records'
+    tasks resolve through `resolver` (a TaskResolver, e.g.
+    `model_tasks.model_task_resolver`), else the file's sidecar and the
+    built-in tasks."""
+    from ..corpora import ReadReport, read_jsonl, task_resolver
     from ..corpora.labels import tasks_from_gold
 
-    golds = list(read_jsonl(path, report=ReadReport(path=str(path))))
+    resolver = task_resolver(resolver, path)
+    golds = list(read_jsonl(path, task=resolver, report=ReadReport(path=str(path))))
     # Word levels without labels (TCREE) get the gold records' labels, so
     # that predictions are parsed anchored on them, as `evaluate` does.
-    tasks = tasks_from_gold(golds, None)
+    tasks = tasks_from_gold(golds, resolver)
     groups: Dict[Tuple[str, Optional[str]], Tuple[Task, List[Annotation]]] = {}
     for ann in golds:
         task = tasks[ann.task]
@@ -191,12 +195,18 @@ def evaluate(
     title: str = "",
     predictions: bool = True,
     constrained: bool = False,
+    tasks: Any = None,
 ) -> Dict[str, Any]:
     """Score `model` (HF dir, LoRA adapter dir or .gguf) on held-out `data`;
     writes metrics.json, metrics.md and (optionally) predictions.jsonl to
-    `output_dir`. Returns the metrics."""
+    `output_dir`. Returns the metrics. The records' tasks resolve through
+    `tasks` (the user's: names, task files), the model's own, the data's
+    sidecar, the built-in ones; `metrics["tasks"]` says whose was used."""
+    from .model_tasks import model_task_resolver
+
     t0 = time.time()
-    groups = load_gold(data)
+    resolver = model_task_resolver(model, tasks, data)
+    groups = load_gold(data, resolver)
     if limit:
         groups = {k: (t, anns[:limit]) for k, (t, anns) in groups.items()}
     backend_cfg = backend_config(model, max_new_tokens=max_new_tokens, batch_size=batch_size, constrained=constrained)
@@ -237,6 +247,7 @@ def evaluate(
         "backend": backend_cfg,
         "nlp": nlp_base,
         "data": str(data),
+        "tasks": {name: resolver.origins[name] for name in resolver.used},
         "sequences": len(all_model),
         "seconds": round(time.time() - t0, 1),
         "results": results,

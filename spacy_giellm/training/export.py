@@ -27,7 +27,10 @@ def is_adapter(model_dir: PathLike) -> bool:
 
 def merge(model_dir: PathLike, out_dir: PathLike) -> Dict[str, Any]:
     """LoRA adapter -> base weights with the adapter merged in, saved as
-    safetensors (with the tokenizer). A full model is copied as it is."""
+    safetensors (with the tokenizer and the adapter's `giellm_tasks.json`).
+    A full model is copied as it is."""
+    from .model_tasks import read_model_tasks
+
     src, out = Path(model_dir), Path(out_dir)
     if not (src / "config.json").is_file() and not is_adapter(src):
         raise FileNotFoundError(f"{src} is neither a model nor a LoRA adapter directory")
@@ -35,17 +38,24 @@ def merge(model_dir: PathLike, out_dir: PathLike) -> Dict[str, Any]:
     if not is_adapter(src):
         with atomic_dir(out) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
-        return {"merged": False, "model": str(out), "source": str(src), "seconds": round(time.time() - t0, 1)}
+        return {
+            "merged": False, "model": str(out), "source": str(src), "tasks": sorted(read_model_tasks(out)),
+            "seconds": round(time.time() - t0, 1),
+        }
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tasks = read_model_tasks(src)  # before the slow part: a malformed file fails here
     base = json.loads((src / "adapter_config.json").read_text(encoding="utf8"))["base_model_name_or_path"]
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(src)).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(str(src))
-    atomic_save(model, tokenizer, out, tokenizer_source=str(src))
-    return {"merged": True, "model": str(out), "base": base, "adapter": str(src), "seconds": round(time.time() - t0, 1)}
+    atomic_save(model, tokenizer, out, tokenizer_source=str(src), tasks=tasks)
+    return {
+        "merged": True, "model": str(out), "base": base, "adapter": str(src), "tasks": sorted(tasks),
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
 def export_gguf(
@@ -53,24 +63,31 @@ def export_gguf(
 ) -> Dict[str, Any]:
     """HF dir -> GGUF. `outtype` f32/f16/bf16/q8_0 converts directly; a
     llama.cpp quantization type (Q4_K_M, Q5_K_M, ...) converts to f16 first
-    and then quantizes (the f16 file is kept next to it if `keep_float`)."""
+    and then quantizes (the f16 file is kept next to it if `keep_float`).
+    The model's tasks (`giellm_tasks.json`) go into the GGUF's metadata as
+    `giellm.tasks`; the quantizer copies them."""
     from ..backends.gguf_check import validate_gguf
     from .gguf_export import convert_to_gguf, quantize_gguf
+    from .model_tasks import GGUF_TASKS_KEY, read_gguf_tasks, read_model_tasks, tasks_json_string
 
     if is_adapter(model_dir):
         raise ValueError(f"{model_dir} is a LoRA adapter: merge it first (the `merge` command)")
     t0 = time.time()
     out = Path(out_path)
+    tasks = read_model_tasks(model_dir)
+    metadata = {GGUF_TASKS_KEY: tasks_json_string(tasks)} if tasks else None
     if outtype.lower() in FLOAT_TYPES:
-        convert_to_gguf(model_dir, out, outtype.lower())
+        convert_to_gguf(model_dir, out, outtype.lower(), metadata=metadata)
         source = None
     else:
         source = out.with_name(out.stem + ".f16.gguf")
-        convert_to_gguf(model_dir, source, "f16")
+        convert_to_gguf(model_dir, source, "f16", metadata=metadata)
         quantize_gguf(source, out, outtype.upper())
         if not keep_float:
             source.unlink()
     info = validate_gguf(out)
+    if read_gguf_tasks(out) != tasks:
+        raise RuntimeError(f"{out}: the {GGUF_TASKS_KEY} metadata does not hold {model_dir}'s tasks {sorted(tasks)}")
     return {
         "gguf": str(out),
         "outtype": outtype,
@@ -80,6 +97,7 @@ def export_gguf(
         "n_vocab": info["n_vocab"],
         "n_layers": info["n_layers"],
         "n_embd": info["n_embd"],
+        "tasks": sorted(tasks),
         "seconds": round(time.time() - t0, 1),
     }
 
@@ -96,10 +114,12 @@ def verify_gguf(
     should match exactly; a quantized one may not (its report says so)."""
     from ..backends.gguf_check import validate_gguf
     from ..format import build_input
+    from .model_tasks import model_task_resolver
 
     t0 = time.time()
     prompts: List[str] = []
-    for (task_name, instruction), (task, golds) in sorted(load_gold(data).items(), key=lambda kv: str(kv[0])):
+    groups = load_gold(data, model_task_resolver(hf_model, data=data))  # the model's tasks, else the data's
+    for (task_name, instruction), (task, golds) in sorted(groups.items(), key=lambda kv: str(kv[0])):
         prompts += [build_input(g.text or "", task, instruction) for g in golds[:n]]
     info = validate_gguf(gguf)
     n_ctx = int(info.get("context_length") or 2048)
@@ -129,11 +149,24 @@ def verify_gguf(
     }
 
 
-def tasks_of(data: PathLike) -> List[Dict[str, Any]]:
-    """(task dict, instruction) for each task / instruction word in `data`."""
+def tasks_of(
+    data: Optional[PathLike], model: Optional[PathLike] = None, overrides: Any = None
+) -> List[Dict[str, Any]]:
+    """(task dict, instruction) for each task / instruction word in `data`;
+    without `data`, for each task `model` was trained on
+    (`model_tasks.tasks_for_model`). The tasks resolve through `overrides`
+    (the user's --task), the model's own, `data`'s sidecar, the built-in ones."""
+    from ..corpora import task_resolver
+    from .model_tasks import model_task_resolver, tasks_for_model
+
+    if data is None:
+        if model is None:
+            raise ValueError("give the held-out data or the model whose tasks to use")
+        return tasks_for_model(model, overrides)
+    resolver = model_task_resolver(model, overrides, data) if model is not None else task_resolver(overrides, data)
     return [
         {"task": task.to_dict(), "instruction": instruction}
-        for (_, instruction), (task, _) in sorted(load_gold(data).items(), key=lambda kv: str(kv[0]))
+        for (_, instruction), (task, _) in sorted(load_gold(data, resolver).items(), key=lambda kv: str(kv[0]))
     ]
 
 

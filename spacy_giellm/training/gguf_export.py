@@ -14,20 +14,22 @@ import ctypes
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from ..backends.gguf_check import validate_gguf
+from ..backends.gguf_check import GGUF_MAGIC, validate_gguf
 from ..util import atomic_path
 from .llama_cpp_converter import ConverterNotFoundError, cache_dir, find_converter, llama_cpp_version
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+_GGUF_STRING_TYPE = 8  # GGUF metadata value type of a UTF-8 string
 
 __all__ = [
     "find_converter",
@@ -39,6 +41,7 @@ __all__ = [
     "QuantizationFallbackWarning",
     "TokenizerConversionWarning",
     "added_tokens_decoder",
+    "set_gguf_strings",
 ]
 
 
@@ -149,12 +152,15 @@ def convert_to_gguf(
     *,
     llama_cpp_dir: Optional[PathLike] = None,
     timeout: Optional[float] = None,
+    metadata: Optional[Dict[str, str]] = None,
 ) -> Path:
     """Convert the transformers model in `hf_dir` to a GGUF file at `out_path`.
 
     `outtype` is one of f32, f16, bf16, q8_0. The converter runs in a
-    subprocess with this interpreter; the output is validated with
-    `validate_gguf` and moved into place atomically. Returns `Path(out_path)`.
+    subprocess with this interpreter; `metadata` (string keys and values,
+    e.g. `giellm.tasks`) is added to what it writes (`set_gguf_strings`);
+    the output is validated with `validate_gguf` and moved into place
+    atomically. Returns `Path(out_path)`.
     """
     outtype = outtype.lower()
     if outtype not in OUTTYPES:
@@ -189,8 +195,55 @@ def convert_to_gguf(
         if not tmp.is_file() or tmp.stat().st_size == 0:
             raise RuntimeError(f"llama.cpp's converter reported success but wrote no file for {str(src)!r}")
         validate_gguf(tmp)
+        if metadata:
+            set_gguf_strings(tmp, metadata)
         _check_added_token_types(src, tmp, shown_as=out)
     return out
+
+
+def _gguf_string(value: str) -> bytes:
+    data = value.encode("utf-8")
+    return struct.pack("<Q", len(data)) + data
+
+
+def set_gguf_strings(path: PathLike, values: Dict[str, str]) -> Path:
+    """Set string metadata `values` in the GGUF file at `path` (a key it
+    has already is replaced), rewriting the file atomically. llama.cpp's
+    converter has no option for keys of our own, and llama.cpp ignores keys
+    it does not know. The tensor index and data are copied byte for byte:
+    tensor offsets count from the start of the data section, which only
+    moves (to the file's alignment)."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    reader = GGUFReader(str(path), "r")
+    version = int(reader.fields["GGUF.version"].parts[-1][0])
+    if version < 2 or not reader.tensors:
+        raise ValueError(f"{str(path)!r}: GGUF version {version} with {len(reader.tensors)} tensors: cannot add metadata")
+
+    def span(field: Any) -> Tuple[int, int]:
+        return field.offset, field.offset + sum(int(part.nbytes) for part in field.parts)
+
+    kept = sorted(
+        (span(f) for name, f in reader.fields.items() if not name.startswith("GGUF.") and name not in values)
+    )
+    index_start, index_end = span(reader.tensors[0].field)[0], span(reader.tensors[-1].field)[1]
+    data_start, alignment, n_tensors = int(reader.data_offset), int(reader.alignment), len(reader.tensors)
+    del reader  # its memory map, before the file is replaced
+    with open(path, "rb") as f:
+        head = f.read(index_end)  # header, metadata, tensor index: no tensor data
+    meta = b"".join(
+        [GGUF_MAGIC, struct.pack("<IQQ", version, n_tensors, len(kept) + len(values))]
+        + [head[a:b] for a, b in kept]
+        + [_gguf_string(key) + struct.pack("<I", _GGUF_STRING_TYPE) + _gguf_string(value) for key, value in values.items()]
+        + [head[index_start:index_end]]
+    )
+    with atomic_path(path) as tmp, open(tmp, "wb") as out, open(path, "rb") as src:
+        out.write(meta + b"\0" * (-len(meta) % alignment))
+        src.seek(data_start)
+        shutil.copyfileobj(src, out, 1 << 24)
+    validate_gguf(path)
+    return path
 
 
 def _ftype_constant(ftype: str) -> int:

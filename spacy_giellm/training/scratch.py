@@ -2,8 +2,9 @@
 tokenizer trained on the training texts, the format's markers kept whole."""
 import logging
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
+from ..tasks import Task
 from ..util import atomic_dir
 from .config import TrainConfig
 
@@ -12,7 +13,7 @@ logger = logging.getLogger(__name__)
 BASE_DIR = "base"
 
 
-def format_markers(tasks: Iterable[str]) -> List[str]:
+def format_markers(tasks: Iterable[Union[str, Task]]) -> List[str]:
     """Format pieces worth keeping as single tokens in a from-scratch
     tokenizer: `<label>`, `:Label;`, one-word instruction words. Pieces with
     whitespace are left out: SentencePiece and the HF tokenizer disagree on
@@ -21,11 +22,12 @@ def format_markers(tasks: Iterable[str]) -> List[str]:
     from ..tasks import task_named
 
     out: List[str] = []
-    for name in tasks:
-        try:
-            task = task_named(name)  # a name from data, never a file path
-        except (KeyError, FileNotFoundError, ValueError):
-            continue
+    for task in tasks:
+        if not isinstance(task, Task):
+            try:
+                task = task_named(task)  # a name from data, never a file path
+            except KeyError:
+                continue
         out.extend(label_marker(label) for label in task.text_labels)
         out.extend(task.instructions)
         for wl in task.word_levels:
@@ -36,16 +38,20 @@ def format_markers(tasks: Iterable[str]) -> List[str]:
     return list(dict.fromkeys(m for m in out if not any(c.isspace() for c in m)))
 
 
-def build_scratch_base(out_dir: Path, records: Sequence[Dict[str, Any]], cfg: TrainConfig) -> Path:
+def build_scratch_base(
+    out_dir: Path, records: Sequence[Dict[str, Any]], cfg: TrainConfig, tasks: Optional[Mapping[str, Task]] = None
+) -> Path:
     """The tiny Llama + tokenizer for `from_scratch`, built once per output
-    dir (a rerun that resumes must find the same tokenizer)."""
+    dir (a rerun that resumes must find the same tokenizer). The markers
+    kept whole are those of `tasks` (the records' task definitions), else
+    of the built-in tasks the records name."""
     from .tiny import build_tiny_llama
 
     base = out_dir / BASE_DIR
     if (base / "config.json").is_file():
         return base
     texts = [t for r in records for t in (r["input"], r["output"])]
-    symbols = format_markers(sorted({str(r.get("task")) for r in records}))
+    symbols = format_markers(tasks.values() if tasks else sorted({str(r.get("task")) for r in records}))
     t = cfg.tiny
     # SentencePiece needs a piece per character (coverage 1.0), the 256 byte
     # pieces, the specials and the markers, before any merge.

@@ -11,8 +11,10 @@
 * Early stopping on the dev loss, best model loaded at the end; or a time
   budget (`callbacks`).
 * The final model goes to `<out>/model` atomically (temp dir + rename), in
-  safetensors: the LoRA adapter, or the whole model for full fine-tuning.
-  `<out>/manifest.json` (small) says what was trained on what.
+  safetensors: the LoRA adapter, or the whole model for full fine-tuning,
+  with `giellm_tasks.json`: the definitions of the tasks it was trained on
+  (`model_tasks`). `<out>/manifest.json` (small) says what was trained on
+  what.
 
 Progress goes to the `spacy_giellm` logger.
 
@@ -26,14 +28,16 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..tasks import Task
 from ..util import atomic_dir, atomic_write_json
 from .base_model import BaseModelNotFound, resolve_base_model
 from .callbacks import clock_named, time_budget_trainer, time_limit_callback
 from .config import PRECISIONS, TinyModelConfig, TrainConfig
 from .data import PadCollator, TrainingDataError, read_records, tokenize_records
 from .loss import output_token_trainer
+from .model_tasks import write_model_tasks
 from .scratch import build_scratch_base
 
 logger = logging.getLogger(__name__)
@@ -54,9 +58,16 @@ TOKENIZER_FILES = (
 # --- saving -----------------------------------------------------------------
 
 
-def atomic_save(model: Any, tokenizer: Any, target: Path, tokenizer_source: Optional[str] = None) -> Path:
-    """Save model + tokenizer to `target` via a temp dir and a rename, so a
-    crash never leaves a half-written model where a finished one is expected.
+def atomic_save(
+    model: Any,
+    tokenizer: Any,
+    target: Path,
+    tokenizer_source: Optional[str] = None,
+    tasks: Optional[Mapping[str, Task]] = None,
+) -> Path:
+    """Save model + tokenizer (+ the definitions of the `tasks` it does, if
+    any) to `target` via a temp dir and a rename, so a crash never leaves a
+    half-written model where a finished one is expected.
 
     The tokenizer files of a local `tokenizer_source` are copied verbatim
     (they may hold settings llama.cpp's converter reads that a re-save would
@@ -65,6 +76,8 @@ def atomic_save(model: Any, tokenizer: Any, target: Path, tokenizer_source: Opti
     with atomic_dir(target) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
+        if tasks:
+            write_model_tasks(tmp, tasks)
         if tokenizer_source and Path(tokenizer_source).is_dir():
             for name in TOKENIZER_FILES:
                 src = Path(tokenizer_source) / name
@@ -134,6 +147,29 @@ def _count_params(model: Any) -> Tuple[int, int]:
 
 
 # --- the run ------------------------------------------------------------------
+
+
+def _task_definitions(
+    train_path: PathLike, dev_path: Optional[PathLike], records: Sequence[Any], cfg: TrainConfig
+) -> Tuple[Dict[str, Task], Dict[str, str]]:
+    """The definitions of the tasks the training records name, and whose
+    each is: the user's (`cfg.task_files`), else the training data's
+    sidecar, the dev data's, the built-in tasks. Training needs only the
+    formatted pairs, so a task nothing defines is trained on, and said so:
+    the model will not know it."""
+    from ..corpora.sidecar import corpus_task_sources, record_tasks, tasks_path
+    from ..tasks import TaskResolver
+
+    sources = corpus_task_sources(train_path) + (corpus_task_sources(dev_path) if dev_path else [])
+    resolver = TaskResolver.with_overrides(list(cfg.task_files), sources)
+    tasks, unknown = record_tasks(records, resolver)
+    if unknown:
+        logger.warning(
+            "no definition of task(s) %s (not built-in, not in %s, no --task): the model is trained on "
+            "their pairs but will not know them; evaluate-model and package will need --task",
+            unknown, tasks_path(train_path),
+        )
+    return tasks, {name: resolver.origins[name] for name in tasks}
 
 
 def _read_data(train_path: PathLike, dev_path: Optional[PathLike], cfg: TrainConfig) -> Tuple[List[Any], List[Any]]:
@@ -258,6 +294,7 @@ def train(
     clock_named(cfg.time_clock)
     _check_precision(cfg.precision)
     train_records, dev_records = _read_data(train_path, dev_path, cfg)
+    tasks, task_origins = _task_definitions(train_path, dev_path, train_records, cfg)
     if not cfg.from_scratch:
         base = resolve_base_model(cfg.base_model)
 
@@ -273,7 +310,7 @@ def train(
     if cfg.from_scratch:
         args_probe = TrainingArguments(output_dir=str(ckpt_dir), report_to="none")
         with args_probe.main_process_first(desc="build tiny base model"):
-            base = str(build_scratch_base(out, train_records, cfg))
+            base = str(build_scratch_base(out, train_records, cfg, tasks))
     tokenizer = _load_tokenizer(base)
     train_data, dev_data = _tokenize(train_records, dev_records, tokenizer, cfg, train_path, dev_path)
 
@@ -301,9 +338,10 @@ def train(
     # 4. The model and its manifest (one process writes them).
     if not trainer.is_world_process_zero():
         return {}
-    final = atomic_save(trainer.model, tokenizer, out / MODEL_DIR, tokenizer_source=base)
+    final = atomic_save(trainer.model, tokenizer, out / MODEL_DIR, tokenizer_source=base, tasks=tasks)
     cfg_dict = asdict(cfg)
     cfg_dict["tasks"] = list(cfg.tasks)
+    cfg_dict["task_files"] = list(cfg.task_files)
     cfg_dict["lora_target_modules"] = list(cfg.lora_target_modules)
     manifest: Dict[str, Any] = {
         "model": str(final),
@@ -311,6 +349,9 @@ def train(
         "base_model": base if not cfg.from_scratch else f"from-scratch:{base}",
         "base_model_given": cfg.base_model,
         "mode": mode,
+        # what the model does: also in <model>/giellm_tasks.json (model_tasks)
+        "tasks": [task.to_dict() for task in tasks.values()],
+        "task_sources": task_origins,
         "parameters": n_params,
         "trainable_parameters": n_trainable,
         "data": {
