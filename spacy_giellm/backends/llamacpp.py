@@ -311,10 +311,15 @@ class LlamaCppBackend(LocalModelBackend):
 
         def pick(k: int, logits) -> int:
             automaton, state = automata[k], states[k]
-            # the best few tokens first (stable: ties go to the lower id, as argmax)
-            top = np.argpartition(-logits, TOP_K)[:TOP_K] if len(logits) > TOP_K else np.arange(len(logits))
-            top = top[np.argsort(-logits[top], kind="stable")]
-            token = automaton.pick(state, top.tolist())
+            # a model that keeps to the format mostly wants an allowed token:
+            # one argmax (not a partial sort of the vocabulary) finds it
+            best = int(np.argmax(logits))
+            token = best if automaton.advance(state, best) is not None else None
+            if token is None:
+                # the best few tokens next (stable: ties go to the lower id, as argmax)
+                top = np.argpartition(-logits, TOP_K)[:TOP_K] if len(logits) > TOP_K else np.arange(len(logits))
+                top = top[np.argsort(-logits[top], kind="stable")]
+                token = automaton.pick(state, top.tolist())
             if token is None:
                 allowed = automaton.allowed_array(state)
                 token = int(allowed[int(np.argmax(logits[allowed]))])
