@@ -337,7 +337,7 @@ class _Run:
 # the setting that bounds how many prompts decode together
 _PARALLEL = {"hf": "batch_size", "gguf": "n_parallel"}
 PARALLEL_SWEEP = (1, 4, 8)
-DRAFT_TOKENS = 8  # prompt-lookup tokens drafted per step
+DRAFT_TOKENS = 4  # prompt-lookup tokens drafted per step (a rejected one costs a full token of compute)
 
 
 def _one_at_a_time(backend: Any, kind: str) -> Callable[[str], Any]:
