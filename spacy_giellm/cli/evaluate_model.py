@@ -1,5 +1,6 @@
 """The `evaluate-model` command: a trained model on held-out data, through the component."""
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -17,6 +18,7 @@ def evaluate_model_cli(
     limit: int = typer.Option(0, "--limit", help="At most N records per task (0: all)"),
     title: str = typer.Option("", "--title"),
     constrained: bool = typer.Option(False, "--constrained", help="Constrained decoding (well-formed outputs only)"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Response cache database (sqlite): a re-run skips the model for prompts it has answered"),
 ) -> None:
     """Run a trained model through the `giellm` component on held-out data;
     TL / WL / ALL accuracy and P/R/F per task (the paper's Table 1)."""
@@ -25,7 +27,9 @@ def evaluate_model_cli(
 
         metrics = evaluate(
             model, data, output_dir, nlp_base=nlp_base, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, limit=limit, title=title, constrained=constrained,
+            batch_size=batch_size, limit=limit, title=title, constrained=constrained, cache=cache,
         )
         typer.echo(markdown_table(metrics))
         typer.echo(markdown_table(metrics, level="pipeline").split("\n", 2)[2])
+        if "cache" in metrics:
+            typer.echo("cache {path}: {hits} hits, {misses} misses".format(**metrics["cache"]))
