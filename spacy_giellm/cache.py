@@ -55,6 +55,7 @@ PathLike = Union[str, Path]
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS prompt_tokens (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
     "mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, sha256 TEXT NOT NULL)",
 )
@@ -197,12 +198,11 @@ class ResponseCache:
         self._hashes[(real, *stamp)] = sha
         return sha
 
-    # -------------------------------------------------------------- responses
+    # ------------------------------------------------------- stored values
 
-    def get_many(self, keys: Sequence[str]) -> Dict[str, Response]:
-        """The stored responses among `keys` (a row that cannot be read is
-        logged and left out: it misses, and is written again)."""
-        found: Dict[str, Response] = {}
+    def _get(self, table: str, keys: Sequence[str], check: Callable[[Any], Any]) -> Dict[str, Any]:
+        """The stored values among `keys`, as `check` reads them (a row it
+        cannot read is logged and left out: it misses, and is written again)."""
         unique = list(dict.fromkeys(keys))
         with self._lock:
             conn = self._connection()
@@ -210,26 +210,49 @@ class ResponseCache:
             for start in range(0, len(unique), _CHUNK):
                 chunk = unique[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                rows += conn.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk).fetchall()
+                rows += conn.execute(f"SELECT key, value FROM {table} WHERE key IN ({marks})", chunk).fetchall()
+        found: Dict[str, Any] = {}
         for key, value in rows:
             try:
-                data = json.loads(value)
-                output, scores = data["output"], data["scores"]
-                if not isinstance(output, str) or not (scores is None or isinstance(scores, dict)):
-                    raise ValueError("wrong types")
+                found[key] = check(json.loads(value))
             except (ValueError, KeyError, TypeError) as e:
-                logger.warning("giellm cache: %s: unreadable row %s (%s), generated again", self.path, key, e)
-                continue
-            found[key] = (output, scores)
+                logger.warning("giellm cache: %s: unreadable %s row %s (%s), computed again", self.path, table, key, e)
         return found
 
-    def put_many(self, responses: Dict[str, Response]) -> None:
-        rows = [(key, json.dumps({"output": out, "scores": scores}, ensure_ascii=False))
-                for key, (out, scores) in responses.items()]
+    def _put(self, table: str, values: Dict[str, Any]) -> None:
+        rows = [(key, json.dumps(value, ensure_ascii=False)) for key, value in values.items()]
         if rows:
-            self._write("INSERT OR REPLACE INTO responses VALUES (?, ?)", rows)
+            self._write(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", rows)
+
+    def _serve(self, table: str, context: Dict[str, Any], prompts: Sequence[str],
+               compute: Callable[[List[str]], List[Any]], check: Callable[[Any], Any]) -> Tuple[List[Any], int]:
+        """Each prompt's value: stored, else from `compute` (called once, with
+        each missing prompt once), then stored. Also how many it computed."""
+        digest = context_digest(context)
+        keys = [response_key(digest, p) for p in prompts]
+        found = self._get(table, keys, check)
+        first = {key: k for k, key in reversed(list(enumerate(keys)))}  # a repeated prompt runs once
+        todo = sorted(k for key, k in first.items() if key not in found)
+        if todo:
+            computed = compute([prompts[k] for k in todo])
+            if len(computed) != len(todo):
+                raise RuntimeError(f"giellm cache: the model answered {len(computed)} of {len(todo)} prompts")
+            new = {keys[k]: value for k, value in zip(todo, computed)}
+            self._put(table, new)
+            found.update((key, check(value)) for key, value in new.items())
+        return [found[key] for key in keys], len(todo)
+
+    # -------------------------------------------------------------- responses
+
+    def get_many(self, keys: Sequence[str]) -> Dict[str, Response]:
+        """The stored responses among `keys`."""
+        return self._get("responses", keys, _read_response)
+
+    def put_many(self, responses: Dict[str, Response]) -> None:
+        self._put("responses", {key: _response_row(*value) for key, value in responses.items()})
 
     def __len__(self) -> int:
+        """How many responses are stored."""
         with self._lock:
             return int(self._connection().execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
@@ -240,27 +263,45 @@ class ResponseCache:
         run: Callable[[List[str]], Tuple[List[str], Optional[List[Optional[Dict[str, float]]]]]],
     ) -> Tuple[List[str], Optional[List[Optional[Dict[str, float]]]], int]:
         """Each prompt's response: from the store where it has one, else from
-        `run` (called once, with each missing prompt once), then stored.
-        Returns the outputs, the scores (None where no response has any)
-        and how many prompts `run` answered."""
-        digest = context_digest(context)
-        keys = [response_key(digest, p) for p in prompts]
-        found = self.get_many(keys)
-        first = {key: k for k, key in reversed(list(enumerate(keys)))}  # a repeated prompt runs once
-        todo = [k for key, k in first.items() if key not in found]
-        todo.sort()
-        if todo:
-            outputs, scores = run([prompts[k] for k in todo])
-            if len(outputs) != len(todo) or (scores is not None and len(scores) != len(todo)):
-                raise RuntimeError(f"giellm cache: the model answered {len(outputs)} of {len(todo)} prompts")
-            new = {keys[k]: (outputs[j], scores[j] if scores is not None else None) for j, k in enumerate(todo)}
-            self.put_many(new)
-            found.update(new)
-        responses = [found[key] for key in keys]
+        `run` (outputs and scores, or None), then stored. Returns the outputs,
+        the scores (None where no response has any) and how many prompts
+        `run` answered."""
+
+        def compute(missing: List[str]) -> List[Dict[str, Any]]:
+            outputs, scores = run(missing)
+            if scores is not None and len(scores) != len(outputs):
+                raise RuntimeError(f"giellm cache: {len(scores)} label scores for {len(outputs)} outputs")
+            return [_response_row(out, scores[j] if scores is not None else None) for j, out in enumerate(outputs)]
+
+        responses, n_run = self._serve("responses", context, prompts, compute, _read_response)
         all_scores = [scores for _, scores in responses]
         return ([out for out, _ in responses],
                 None if all(s is None for s in all_scores) else all_scores,
-                len(todo))
+                n_run)
+
+    def prompt_tokens(self, context: Dict[str, Any], prompts: Sequence[str],
+                      count: Callable[[List[str]], List[int]]) -> List[int]:
+        """Each prompt's token count: stored, else from `count`. With every
+        count and response stored, a re-run never loads the model."""
+        counts, _ = self._serve("prompt_tokens", context, prompts, count, _read_count)
+        return counts
+
+
+def _response_row(output: str, scores: Optional[Dict[str, float]]) -> Dict[str, Any]:
+    return {"output": output, "scores": scores}
+
+
+def _read_response(row: Any) -> Response:
+    output, scores = row["output"], row["scores"]
+    if not isinstance(output, str) or not (scores is None or isinstance(scores, dict)):
+        raise TypeError(f"not a response: {row!r}")
+    return output, scores
+
+
+def _read_count(row: Any) -> int:
+    if not isinstance(row, int) or isinstance(row, bool) or row < 0:
+        raise TypeError(f"not a token count: {row!r}")
+    return row
 
 
 @registry.misc("giellm.cache.v1")

@@ -307,6 +307,8 @@ class GiellmComponent(Pipe):
 
     def _prompt_tokens(self, texts: List[str]) -> List[int]:
         prompts = [build_input(t, self.task, self.instruction) for t in texts]
+        if self.cache is not None:  # so that a re-run need not load the model to count
+            return self.cache.prompt_tokens(self._cache_context(), prompts, self.backend.count_prompt_tokens)
         return self.backend.count_prompt_tokens(prompts)
 
     def _label_scores(self, prompts: List[str]) -> Optional[List[Dict[str, float]]]:

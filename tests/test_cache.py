@@ -259,14 +259,16 @@ def test_a_changed_gguf_misses_and_an_unchanged_one_skips_generation(tiny_gguf, 
         generate = pipe.backend.generate
         pipe.backend.generate = lambda prompts: generated.extend(prompts) or generate(prompts)
         results = [(d._.giellm_output["outputs"], dict(d.cats)) for d in nlp.pipe(TEXTS[:3])]
+        loaded = pipe.backend.is_loaded
         pipe.backend.close()
-        return results, len(generated)
+        return results, len(generated), loaded
 
-    first, n = run()
-    assert n == 3
-    assert run() == (first, 0)
+    first, n, loaded = run()
+    assert n == 3 and loaded
+    # prompt token counts come from the cache too: the model is not even loaded
+    assert run() == (first, 0, False)
     shutil.copyfile(tiny_gemma_gguf, model)  # another model at the same path
-    gemma, n = run()
+    gemma, n, _ = run()
     assert n == 3
     assert gemma == run(tiny_gemma_gguf, cache=False)[0]
     assert gemma != first
