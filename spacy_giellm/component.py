@@ -20,7 +20,8 @@ from spacy.tokens import Doc, Span
 from spacy.util import ensure_path, filter_spans, minibatch, registry
 
 from .align import SpanMaker, split_tokens_at
-from .backends.base import LabelScoring, ScoredGeneration, TaskBinding, TokenCounting
+from .backends.base import LabelScoring, ModelIdentity, ScoredGeneration, TaskBinding, TokenCounting
+from .cache import CacheError, ResponseCache
 from .docs import GROUPS, TUPLE_KINDS, install_extensions, set_tuples
 # Where code written before `docs` looks for them.
 from .docs import ENTITY_GROUP, SENTIMENT_GROUP, annotation_from_doc  # noqa: F401
@@ -55,6 +56,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "max_chars": 1000,
     "score_cats": True,
     "scorer": {"@scorers": "giellm.scorer.v1"},
+    "cache": None,
 }
 
 
@@ -91,6 +93,7 @@ def make_giellm(
     max_chars: int,
     score_cats: bool,
     scorer: Optional[Callable],
+    cache: Optional[ResponseCache],
 ) -> "GiellmComponent":
     return GiellmComponent(
         nlp.vocab,
@@ -106,6 +109,7 @@ def make_giellm(
         max_chars=max_chars,
         score_cats=score_cats,
         scorer=scorer,
+        cache=cache,
     )
 
 
@@ -126,6 +130,7 @@ class GiellmComponent(Pipe):
         max_chars: int = 1000,
         score_cats: bool = True,
         scorer: Optional[Callable] = None,
+        cache: Union[None, str, Path, ResponseCache] = None,
     ) -> None:
         if ents not in ENTS_POLICIES:
             raise ValueError(f"giellm: ents must be one of {ENTS_POLICIES}, got {ents!r}")
@@ -135,6 +140,13 @@ class GiellmComponent(Pipe):
             raise ValueError("giellm: batch_size and max_chars must be positive")
         if not callable(getattr(backend, "generate", None)):
             raise TypeError(f"giellm: backend {backend!r} has no generate(prompts) method")
+        if isinstance(cache, (str, Path)):
+            cache = ResponseCache(cache)
+        if cache is not None and not isinstance(backend, ModelIdentity):
+            raise CacheError(
+                f"giellm: cache is set but backend {backend!r} cannot say which model it runs "
+                "(it has no model_identity / generation_settings): a cached answer could be stale"
+            )
         self.vocab = vocab
         self.name = name
         self.task = get_task(task)
@@ -149,6 +161,7 @@ class GiellmComponent(Pipe):
         self.max_chars = max_chars
         self.score_cats = score_cats
         self.scorer = scorer
+        self.cache: Optional[ResponseCache] = cache
         self.stats: Counter = Counter()
         filter_name = ENTS_FILTERS[ents]
         self._ents_filter = registry.misc.get(filter_name)() if filter_name else None
@@ -242,10 +255,20 @@ class GiellmComponent(Pipe):
                 "(store_output=true keeps them on doc._.giellm_output)", problems_in_batch, len(docs)
             )
 
-    def _run_backend(self, prompts: List[str]) -> Tuple[List[str], Optional[List[Dict[str, float]]]]:
+    def _run_backend(self, prompts: List[str]) -> Tuple[List[str], Optional[List[Optional[Dict[str, float]]]]]:
         """The model's output for each prompt, and its text-label scores
-        (None where the backend cannot score or `score_cats` is off): from
-        one prompt pass where the backend can (`ScoredGeneration`)."""
+        (None where the backend cannot score or `score_cats` is off); from
+        the response cache where it has them (`stats`: cache_hits, cache_misses)."""
+        if self.cache is None or not prompts:
+            return self._run_model(prompts)
+        outputs, scores, n_run = self.cache.respond(self._cache_context(), prompts, self._run_model)
+        self.stats["cache_misses"] += n_run
+        self.stats["cache_hits"] += len(prompts) - n_run
+        return outputs, scores
+
+    def _run_model(self, prompts: List[str]) -> Tuple[List[str], Optional[List[Dict[str, float]]]]:
+        """Outputs and label scores from the model: from one prompt pass
+        where the backend can (`ScoredGeneration`)."""
         markers = self._label_markers()
         if markers and isinstance(self.backend, ScoredGeneration):
             return self._generate(prompts, markers)
@@ -256,6 +279,27 @@ class GiellmComponent(Pipe):
         if not self.score_cats or not self.task.text_labels:
             return None
         return {label_marker(label): label for label in self.task.text_labels}
+
+    def _cache_context(self) -> Dict[str, Any]:
+        """Everything but the prompt that decides a response (`cache`). Read
+        at every call: a model file replaced or a setting changed since the
+        last batch must miss."""
+        assert self.cache is not None
+        model = self.backend.model_identity(self.cache.hash_path)
+        if model is None and self.cache.model_identity is None:
+            raise CacheError(
+                f"giellm: backend {self.backend!r} cannot identify its model: set model_identity in the "
+                "cache config (e.g. the served GGUF's SHA-256, or org/model@commit), or turn the cache off"
+            )
+        return {
+            "backend": f"{type(self.backend).__module__}.{type(self.backend).__qualname__}",
+            "model": model,
+            "declared_model": self.cache.model_identity,
+            "settings": self.backend.generation_settings(),
+            "task": self.task.to_dict(),
+            "instruction": self.instruction,
+            "label_scores": bool(self.score_cats and isinstance(self.backend, LabelScoring)),
+        }
 
     def _generate(
         self, prompts: List[str], markers: Optional[Dict[str, str]] = None
@@ -284,6 +328,8 @@ class GiellmComponent(Pipe):
 
     def _prompt_tokens(self, texts: List[str]) -> List[int]:
         prompts = [build_input(t, self.task, self.instruction) for t in texts]
+        if self.cache is not None:  # so that a re-run need not load the model to count
+            return self.cache.prompt_tokens(self._cache_context(), prompts, self.backend.count_prompt_tokens)
         return self.backend.count_prompt_tokens(prompts)
 
     def _label_scores(self, prompts: List[str]) -> Optional[List[Dict[str, float]]]:

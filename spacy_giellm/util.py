@@ -1,4 +1,5 @@
-"""Small helpers shared across the package: atomic output files and dirs.
+"""Small helpers shared across the package: atomic output files and dirs,
+and a file's SHA-256 (`file_sha256`).
 
     with atomic_path("out.jsonl") as tmp:       # write tmp any way you like
         with open(tmp, "w", encoding="utf8") as f:
@@ -15,6 +16,7 @@ shared corpus must not be). The target is replaced only when the block ends
 without an error; otherwise the temporary file is removed and the target is
 left as it was.
 """
+import hashlib
 import json
 import os
 import secrets
@@ -87,3 +89,12 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def file_sha256(path: PathLike) -> str:
+    """SHA-256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

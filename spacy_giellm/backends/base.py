@@ -1,5 +1,5 @@
 import math
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 
 @runtime_checkable
@@ -176,3 +176,37 @@ def _softmax(row: Sequence[float]) -> List[float]:
     exps = [math.exp(x - top) for x in row]
     total = sum(exps)
     return [e / total for e in exps]
+
+
+@runtime_checkable
+class ModelIdentity(Protocol):
+    """A backend that can say which model it runs and with which settings:
+    the component's response cache (`spacy_giellm.cache`) keys on both, so
+    that a changed model file or setting never returns a stale answer."""
+
+    def model_identity(self, hash_path: Callable[[str], str]) -> Optional[Dict[str, Any]]:
+        """Plain JSON data that changes whenever the weights, tokenizer or
+        adapter do: content hashes of local files and directories (through
+        `hash_path`, which remembers them), a hub id with the commit loaded.
+        None: the backend cannot tell (a server); the cache then needs the
+        identity declared in its own config."""
+        ...
+
+    def generation_settings(self) -> Dict[str, Any]:
+        """Plain JSON data of every setting that can change an output
+        (max_new_tokens, constrained decoding, dtype, device, the library
+        versions...); not batch sizes or thread counts."""
+        ...
+
+
+def package_versions(*names: str) -> Dict[str, Optional[str]]:
+    """Installed versions of `names` (None where missing), without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: Dict[str, Optional[str]] = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found

@@ -425,5 +425,54 @@ def _cache_argument(fn: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+    # ------------------------------------------------------ response cache
+
+    def model_identity(self, hash_path) -> Dict[str, Any]:
+        """The model's and adapter's identity (`base.ModelIdentity`): a local
+        directory's file hashes, or a hub id with the commit it was loaded at."""
+        return {
+            "model": self._identify(self.model_name, "config.json", hash_path),
+            "adapter": self._identify(self.adapter, "adapter_config.json", hash_path) if self.adapter else None,
+        }
+
+    def _identify(self, name: str, probe: str, hash_path) -> Dict[str, Any]:
+        if looks_like_local_path(name):
+            path = Path(name).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"giellm.HF.v1: model path does not exist: {str(path)!r}")
+            return {"sha256": hash_path(str(path))}
+        return {"hub_id": name, "revision": self._hub_revision(name, probe)}
+
+    def _hub_revision(self, repo_id: str, probe: str) -> str:
+        """The commit of `repo_id` that loading used: the local hub cache's
+        snapshot, read after `load()` (which may have fetched a newer one)."""
+        revisions = self.__dict__.setdefault("_hub_revisions", {})
+        if repo_id not in revisions:
+            self.load()
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(repo_id, probe)
+            if not isinstance(found, str):
+                raise ValueError(
+                    f"giellm.HF.v1: cannot tell which commit of the hub model {repo_id!r} is loaded "
+                    f"(no {probe} of it in the local Hugging Face cache): the response cache needs it; "
+                    "use a local directory, or no cache"
+                )
+            revisions[repo_id] = Path(found).parent.name  # .../snapshots/<commit>/<probe>
+        return revisions[repo_id]
+
+    def generation_settings(self) -> Dict[str, Any]:
+        """What changes outputs: dtype and device (bf16 and fp32 differ), a
+        merged or separate adapter, the library versions."""
+        from .base import package_versions
+
+        device = resolve_device(self.device_name)
+        return {
+            "backend": self.backend_name, "max_new_tokens": self.max_new_tokens, "constrained": self.constrained,
+            "device": device, "dtype": str(resolve_dtype(self.dtype_name, device)),
+            "merge_adapter": self.merge_adapter, "use_safetensors_only": self.use_safetensors_only,
+            "versions": package_versions("torch", "transformers", "peft"),
+        }
+
 # The class is the registered function: its __init__ is the config schema.
 make_hf_backend = giellm_backends.register("giellm.HF.v1", func=HFBackend)

@@ -248,5 +248,21 @@ class ServerBackend:
                 raise
 
 
+    # ------------------------------------------------------ response cache
+
+    def model_identity(self, hash_path) -> None:
+        """Unknown: a server does not say which weights it serves. A response
+        cache needs the identity declared in its config (`model_identity`)."""
+        return None
+
+    def generation_settings(self) -> Dict[str, Any]:
+        """The request's settings that change outputs (not the URL: the same
+        model may be served elsewhere; the declared identity names the model)."""
+        return {
+            "backend": "giellm.Server.v1", "model": self.model, "max_new_tokens": self.max_new_tokens,
+            "constrained": self.constrained, "server_kind": self.server_kind, "stop": self.stop,
+            "extra_body": self.extra_body,
+        }
+
 # The class is its own factory: the config block's settings are its arguments.
 make_server_backend = giellm_backends.register("giellm.Server.v1", func=ServerBackend)

@@ -21,6 +21,7 @@ def evaluate_model_cli(
     task: Optional[List[str]] = typer.Option(
         None, "--task", "-t", help="A task file (.json/.toml) or built-in name whose definition wins over the model's and the data's (repeatable)"
     ),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Response cache database (sqlite): a re-run skips the model for prompts it has answered"),
 ) -> None:
     """Run a trained model through the `giellm` component on held-out data;
     TL / WL / ALL accuracy and P/R/F per task (the paper's Table 1).
@@ -33,7 +34,9 @@ def evaluate_model_cli(
         metrics = evaluate(
             model, data, output_dir, nlp_base=nlp_base, max_new_tokens=max_new_tokens,
             batch_size=batch_size, limit=limit, title=title, constrained=constrained,
-            tasks=list(task or []),
+            tasks=list(task or []), cache=cache,
         )
         typer.echo(markdown_table(metrics))
         typer.echo(markdown_table(metrics, level="pipeline").split("\n", 2)[2])
+        if "cache" in metrics:
+            typer.echo("cache {path}: {hits} hits, {misses} misses".format(**metrics["cache"]))

@@ -22,7 +22,6 @@ fine-tuned model writes the same vocabulary the base GGUF had.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -30,6 +29,8 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
+
+from ..util import file_sha256
 
 PathLike = Union[str, "os.PathLike[str]"]
 SOURCE_FILE = "giellm-base-source.json"
@@ -46,14 +47,6 @@ class BaseModelNotFound(FileNotFoundError):
 
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def file_sha256(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _model_package(name: str) -> Optional[Any]:

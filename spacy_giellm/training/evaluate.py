@@ -196,12 +196,15 @@ def evaluate(
     predictions: bool = True,
     constrained: bool = False,
     tasks: Any = None,
+    cache: Optional[PathLike] = None,
 ) -> Dict[str, Any]:
     """Score `model` (HF dir, LoRA adapter dir or .gguf) on held-out `data`;
     writes metrics.json, metrics.md and (optionally) predictions.jsonl to
     `output_dir`. Returns the metrics. The records' tasks resolve through
     `tasks` (the user's: names, task files), the model's own, the data's
-    sidecar, the built-in ones; `metrics["tasks"]` says whose was used."""
+    sidecar, the built-in ones; `metrics["tasks"]` says whose was used. With
+    `cache` (a database file), the model's responses are kept there and a
+    re-run reuses them (`metrics["cache"]`: hits and misses)."""
     from .model_tasks import model_task_resolver
 
     t0 = time.time()
@@ -215,14 +218,17 @@ def evaluate(
     all_model: Pairs = []
     all_pipe: Pairs = []
     rows_out: List[Dict[str, Any]] = []
+    cache_cfg = {"cache": {"@misc": "giellm.cache.v1", "path": str(cache)}} if cache else {}
+    cache_stats: Counter = Counter()
     for i, (key, (task, golds)) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
         name = f"giellm_{i}"
-        add_giellm(
+        pipe = add_giellm(
             nlp, task, backend_cfg, name,
-            instruction=key[1], batch_size=batch_size, store_output=True, split_tokens=True,
+            instruction=key[1], batch_size=batch_size, store_output=True, split_tokens=True, **cache_cfg,
         )
         t_group = time.time()
         model_pairs, pipe_pairs, cats_pairs, rows = evaluate_group(nlp, task, golds, key[1])
+        cache_stats.update({k: pipe.stats[k] for k in ("cache_hits", "cache_misses")})
         nlp.remove_pipe(name)
         all_model += model_pairs
         all_pipe += pipe_pairs
@@ -252,6 +258,8 @@ def evaluate(
         "seconds": round(time.time() - t0, 1),
         "results": results,
     }
+    if cache:
+        metrics["cache"] = {"path": str(cache), "hits": cache_stats["cache_hits"], "misses": cache_stats["cache_misses"]}
     _write_metrics(Path(output_dir), metrics, rows_out if predictions else None)
     return metrics
 
