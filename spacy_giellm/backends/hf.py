@@ -405,26 +405,6 @@ class HFBackend(LocalModelBackend):
         picked = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
         return (picked * valid).sum(-1).view(n_prompts, n_cand)
 
-
-def _output_cache(out: Any) -> Any:
-    """The KV cache of a model output (transformers 5 names it `cache`, 4.x `past_key_values`)."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
-
-
-def _cache_argument(fn: Any) -> str:
-    """The keyword `fn` (a model's forward or generate) takes the KV cache
-    by: `cache` from transformers 5 on (where `past_key_values` is deprecated)."""
-    import inspect
-
-    import transformers
-
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        return "cache"
-    params = inspect.signature(fn).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
     # ------------------------------------------------------ response cache
 
     def model_identity(self, hash_path) -> Dict[str, Any]:
@@ -476,3 +456,22 @@ def _cache_argument(fn: Any) -> str:
 
 # The class is the registered function: its __init__ is the config schema.
 make_hf_backend = giellm_backends.register("giellm.HF.v1", func=HFBackend)
+
+
+def _output_cache(out: Any) -> Any:
+    """The KV cache of a model output (transformers 5 names it `cache`, 4.x `past_key_values`)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def _cache_argument(fn: Any) -> str:
+    """The keyword `fn` (a model's forward or generate) takes the KV cache
+    by: `cache` from transformers 5 on (where `past_key_values` is deprecated)."""
+    import inspect
+
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return "cache"
+    params = inspect.signature(fn).parameters
+    return "cache" if "cache" in params else "past_key_values"

@@ -389,6 +389,24 @@ class LlamaCppBackend(LocalModelBackend):
         self.load()
         return self._engine_for(cand_ids).score([self.encode_prompt(p) for p in prompts], cand_ids)
 
+    # ------------------------------------------------------ response cache
+
+    def model_identity(self, hash_path) -> Dict[str, Any]:
+        """The GGUF file's SHA-256 (`base.ModelIdentity`)."""
+        return {"gguf_sha256": hash_path(str(Path(self.model_path).expanduser()))}
+
+    def generation_settings(self) -> Dict[str, Any]:
+        """What changes outputs: n_ctx decides which prompts fit, GPU layers run other kernels."""
+        from .base import package_versions
+
+        return {
+            "backend": self.backend_name, "max_new_tokens": self.max_new_tokens, "constrained": self.constrained,
+            "n_ctx": self.n_ctx, "n_gpu_layers": self.n_gpu_layers, "versions": package_versions("llama_cpp_python"),
+        }
+
+# The class is the registered function: its __init__ is the config schema.
+make_llamacpp_backend = giellm_backends.register("giellm.LlamaCpp.v1", func=LlamaCppBackend)
+
 
 class PromptLookup:
     """Drafts for `SequenceBatcher.generate`: what followed, in the prompt,
@@ -416,22 +434,3 @@ class PromptLookup:
             if after is not None:
                 return self.prompts[k][after : after + self.num_tokens]
         return []
-
-
-    # ------------------------------------------------------ response cache
-
-    def model_identity(self, hash_path) -> Dict[str, Any]:
-        """The GGUF file's SHA-256 (`base.ModelIdentity`)."""
-        return {"gguf_sha256": hash_path(str(Path(self.model_path).expanduser()))}
-
-    def generation_settings(self) -> Dict[str, Any]:
-        """What changes outputs: n_ctx decides which prompts fit, GPU layers run other kernels."""
-        from .base import package_versions
-
-        return {
-            "backend": self.backend_name, "max_new_tokens": self.max_new_tokens, "constrained": self.constrained,
-            "n_ctx": self.n_ctx, "n_gpu_layers": self.n_gpu_layers, "versions": package_versions("llama_cpp_python"),
-        }
-
-# The class is the registered function: its __init__ is the config schema.
-make_llamacpp_backend = giellm_backends.register("giellm.LlamaCpp.v1", func=LlamaCppBackend)
