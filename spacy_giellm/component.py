@@ -390,7 +390,8 @@ class GiellmComponent(Pipe):
         model_path = ref.get("model_path") if isinstance(ref, dict) else None
         if not isinstance(model_path, str) or not model_path:
             raise ValueError(f"giellm: {ref_file}: 'model_path' must be a non-empty string, got {model_path!r}")
-        model_file = Path(os.path.normpath(ref_file.parent / model_path))
+        # absolute: a later chdir must not lose it (spacy.load("relative/dir"))
+        model_file = Path(os.path.abspath(ref_file.parent / model_path))
         if not model_file.is_file():
             raise FileNotFoundError(
                 f"giellm: {ref_file} names the model file {model_path!r}, which is not there ({model_file}): "
