@@ -9,6 +9,7 @@ registry.
 """
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -31,6 +32,9 @@ from .prediction import DocPrediction, PartPrediction
 from .tasks import Task, get_task
 
 logger = logging.getLogger("spacy_giellm")
+
+# In a component's directory: where its backend's model file is (see to_disk).
+MODEL_REF = "model.json"
 
 __all__ = ["GiellmComponent", "make_giellm", "DEFAULT_CONFIG", "ENTS_POLICIES",
            "ENTITY_GROUP", "SENTIMENT_GROUP", "annotation_from_doc"]
@@ -389,15 +393,25 @@ class GiellmComponent(Pipe):
             return {}
         return self.scorer(examples, task=self.task, **kwargs)
 
-    # The weights are not part of the pipeline directory: the config keeps the
-    # model reference (hub id or path) and the backend loads it on first use.
-    # What is saved is the task (`exclude=["task"]` leaves it out).
+    # The weights are not part of what a component writes: the config keeps
+    # the model reference (hub id or path) and the backend loads it on first
+    # use. What is saved is the task (`exclude=["task"]` leaves it out) and,
+    # where the backend's model file lies inside the pipeline directory (a
+    # pipeline made by `python -m spacy_giellm package`), a reference to it
+    # relative to the component's directory (model.json), which `from_disk`
+    # resolves: the directory, or the package made from it, can be moved.
+    # A model file outside the pipeline is left to the config, as given.
+    _model_from_disk = False  # the backend's model file was set by from_disk
+
     def to_disk(self, path: Union[str, Path], *, exclude: Sequence[str] = ()) -> None:
         path = ensure_path(path)
         path.mkdir(parents=True, exist_ok=True)
-        serializers = {"task.json": lambda p: p.write_text(
-            json.dumps(self.task.to_dict(), ensure_ascii=False, indent=2), encoding="utf8"
-        )}
+        serializers = {
+            "task.json": lambda p: p.write_text(
+                json.dumps(self.task.to_dict(), ensure_ascii=False, indent=2), encoding="utf8"
+            ),
+            MODEL_REF: self._write_model_ref,
+        }
         util.to_disk(path, serializers, exclude)
 
     def from_disk(self, path: Union[str, Path], *, exclude: Sequence[str] = ()) -> "GiellmComponent":
@@ -405,8 +419,60 @@ class GiellmComponent(Pipe):
             if task_file.exists():
                 self._set_task(Task.from_dict(json.loads(task_file.read_text(encoding="utf8")), source=str(task_file)))
 
-        util.from_disk(ensure_path(path), {"task.json": load_task}, exclude)
+        util.from_disk(ensure_path(path), {"task.json": load_task, MODEL_REF: self._read_model_ref}, exclude)
         return self
+
+    def _write_model_ref(self, ref_file: Path) -> None:
+        """model.json: where the backend's model file is, relative to the
+        component's directory if it is inside the pipeline directory (the
+        component directory's parent). A model file that from_disk set keeps
+        being referred to (absolute if no longer inside), so a loaded package
+        saved elsewhere still finds its model; any other is the config's."""
+        model_path = getattr(self.backend, "model_path", None)
+        ref: Optional[str] = None
+        if model_path:
+            model_file = Path(model_path).expanduser().resolve()
+            component_dir = ref_file.parent.resolve()
+            if component_dir.parent in model_file.parents:
+                ref = Path(os.path.relpath(model_file, component_dir)).as_posix()
+            elif self._model_from_disk:
+                ref = str(model_file)
+        if ref is None:
+            if ref_file.exists():  # left by an earlier save of another pipeline here
+                ref_file.unlink()
+            return
+        ref_file.write_text(json.dumps({"model_path": ref}, ensure_ascii=False, indent=2) + "\n", encoding="utf8")
+
+    def _read_model_ref(self, ref_file: Path) -> None:
+        """Point the backend at the model file model.json names (resolved
+        against the component's directory): fails now, naming both, if it is
+        not there."""
+        if not ref_file.exists():
+            return
+        try:
+            ref = json.loads(ref_file.read_text(encoding="utf8"))
+        except ValueError as e:
+            raise ValueError(f"giellm: {ref_file}: not valid JSON ({e})") from e
+        model_path = ref.get("model_path") if isinstance(ref, dict) else None
+        if not isinstance(model_path, str) or not model_path:
+            raise ValueError(f"giellm: {ref_file}: 'model_path' must be a non-empty string, got {model_path!r}")
+        # absolute: a later chdir must not lose it (spacy.load("relative/dir"))
+        model_file = Path(os.path.abspath(ref_file.parent / model_path))
+        if not model_file.is_file():
+            raise FileNotFoundError(
+                f"giellm: {ref_file} names the model file {model_path!r}, which is not there ({model_file}): "
+                "the pipeline directory is incomplete"
+            )
+        if not hasattr(self.backend, "model_path"):
+            logger.warning(
+                "giellm: %s: the pipeline's model file %s is not used, since the backend %r takes no model_path",
+                self.name, model_file, self.backend,
+            )
+            return
+        if str(model_file) != str(self.backend.model_path) and getattr(self.backend, "is_loaded", False):
+            self.backend.close()  # loaded from elsewhere: load again from the pipeline's file
+        self.backend.model_path = str(model_file)
+        self._model_from_disk = True
 
     def to_bytes(self, *, exclude: Sequence[str] = ()) -> bytes:
         if "task" in exclude:

@@ -96,3 +96,23 @@ def tiny_gemma_dir(tmp_path_factory):
 def tiny_gemma_gguf(tiny_gemma_dir, tmp_path_factory):
     """The tiny Gemma 3 as a GGUF, the form the real base model comes in."""
     return _gguf_or_skip(tiny_gemma_dir, tmp_path_factory.mktemp("tiny-gemma3-gguf") / "tiny-gemma3-f32.gguf")
+
+
+@pytest.fixture(scope="session")
+def package_inputs(tiny_gguf, tmp_path_factory):
+    """What `package` needs, small: the tiny GGUF, a blank base pipeline (no
+    GiNZA: fast) and TCREE data, whose two instruction words make two giellm
+    pipes on one GGUF."""
+    import spacy
+    from typer.testing import CliRunner
+
+    from spacy_giellm.cli import app
+
+    d = tmp_path_factory.mktemp("package-inputs")
+    base = d / "base"
+    spacy.blank("xx").to_disk(base)
+    data = d / "tcree.jsonl"
+    assets = Path(__file__).parent.parent / "assets"
+    result = CliRunner().invoke(app, ["convert", "pairs", str(assets / "tcree-sample.jsonl"), str(data), "--task", "tcree"])
+    assert result.exit_code == 0, result.output
+    return {"gguf": Path(tiny_gguf), "base": base, "data": data}

