@@ -256,8 +256,9 @@ def test_a_changed_gguf_misses_and_an_unchanged_one_skips_generation(tiny_gguf, 
             "cache": {"@misc": "giellm.cache.v1", "path": str(db)} if cache else None,
         })
         generated = []
-        generate = pipe.backend.generate
+        generate, generate_scored = pipe.backend.generate, pipe.backend.generate_scored
         pipe.backend.generate = lambda prompts: generated.extend(prompts) or generate(prompts)
+        pipe.backend.generate_scored = lambda prompts, c: generated.extend(prompts) or generate_scored(prompts, c)
         results = [(d._.giellm_output["outputs"], dict(d.cats)) for d in nlp.pipe(TEXTS[:3])]
         loaded = pipe.backend.is_loaded
         pipe.backend.close()
