@@ -247,8 +247,7 @@ def test_user_task_from_task_file_to_annotation_without_repeating_it(user_files,
     pytest.importorskip("llama_cpp")
     import spacy
 
-    from spacy_giellm.training.export import package_pipeline
-    from spacy_giellm.training.model_tasks import read_model_tasks, tasks_for_model
+    from spacy_giellm.training.model_tasks import read_model_tasks
 
     task_file, user = user_files
     expected = {"recipe-ner": Task.from_dict(TASK)}
@@ -296,8 +295,9 @@ def test_user_task_from_task_file_to_annotation_without_repeating_it(user_files,
     # `package` as it is today takes --data: the test split's sidecar names the task
     result = run("package", gguf, tmp_path / "pipeline", "--data", mix / "test.jsonl", "--base", base, "--max-new-tokens", "8")
     assert result.exit_code == 0, result.output
-    # from the model alone (what `package` without --data is to call: wiring pending in cli/package.py)
-    package_pipeline(gguf, tmp_path / "pipeline-from-model", tasks_for_model(gguf), base=str(base), max_new_tokens=8)
+    # from the model alone: no --data, no --task
+    result = run("package", gguf, tmp_path / "pipeline-from-model", "--base", base, "--max-new-tokens", "8")
+    assert result.exit_code == 0, result.output
     for pipeline in ("pipeline", "pipeline-from-model"):
         nlp = spacy.load(tmp_path / pipeline)
         (pipe_name,) = [name for name in nlp.pipe_names if name.startswith("giellm")]

@@ -1,5 +1,4 @@
 """The `package` command: a spaCy pipeline on the GGUF."""
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,7 +11,12 @@ from ._util import app, echo_json, fail_cleanly
 def package_cli(
     gguf: Path = typer.Argument(..., help="The exported .gguf"),
     output_dir: Path = typer.Argument(..., help="Pipeline directory to write"),
-    data: Path = typer.Option(..., "--data", help="JSONL whose tasks (and instruction words) get a component each"),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="JSONL whose tasks (and instruction words) get a component each (default: the tasks the model was trained on)"
+    ),
+    task: Optional[List[str]] = typer.Option(
+        None, "--task", "-t", help="A task file or built-in name whose definition wins over the model's and the data's (repeatable)"
+    ),
     base: str = typer.Option("ja_ginza", "--base", help="Pipeline the components are added to"),
     name: str = typer.Option("giellm", "--name", help="Package name (meta.json)"),
     version: str = typer.Option("0.0.0", "--version"),
@@ -34,12 +38,13 @@ def package_cli(
     copied into the pipeline (giellm_model/), once for all components, and
     found relative to it when loading: the directory can be moved, and the
     package carries the model. OUTPUT_DIR must be new or empty (or, with
-    --force, a pipeline written by this command)."""
+    --force, a pipeline written by this command). The components are the
+    tasks of --data, else those the model stores (`train` keeps them)."""
     with fail_cleanly():
         from ..training.export import package_pipeline, tasks_of
 
         echo_json(package_pipeline(
-            gguf, output_dir, tasks_of(data), base=base, name=name, version=version,
+            gguf, output_dir, tasks_of(data, model=gguf, overrides=list(task) if task else None), base=base, name=name, version=version,
             max_new_tokens=max_new_tokens, force=force, license=license, license_files=license_files,
         ))
 
