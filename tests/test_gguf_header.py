@@ -116,3 +116,23 @@ def test_tiny_gemma3_validates_and_its_bad_headers_do_not(tiny_gemma_gguf, tmp_p
         bad = _patched(Path(tiny_gemma_gguf), tmp_path / "bad-gemma3.gguf", values)
         with pytest.raises(ValueError, match=rf"bad-gemma3\.gguf.*{key}"):
             validate_gguf(bad)
+
+
+def test_validation_is_remembered_until_the_file_changes(tiny_gguf, tmp_path, monkeypatch):
+    """A file found good is not read again while unchanged; a changed one is."""
+    import shutil
+
+    from spacy_giellm.backends import gguf_check
+
+    path = tmp_path / "m.gguf"
+    shutil.copyfile(tiny_gguf, path)
+    reads = []
+    real = gguf_check._validate
+    monkeypatch.setattr(gguf_check, "_validate", lambda p, size: reads.append(p) or real(p, size))
+    first = gguf_check.validate_gguf(path)
+    assert gguf_check.validate_gguf(path) == first and len(reads) == 1
+    data = bytearray(path.read_bytes())
+    path.write_bytes(bytes(data[: len(data) // 2]))  # truncated in place
+    with pytest.raises(ValueError, match="m.gguf"):
+        gguf_check.validate_gguf(path)
+    assert len(reads) == 2

@@ -13,7 +13,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 GGUF_MAGIC = b"GGUF"
 
@@ -211,7 +211,22 @@ def validate_gguf(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
         raise FileNotFoundError(f"GGUF model file not found: {str(p)!r}")
     if not p.is_file():
         raise ValueError(f"GGUF model path is not a file: {str(p)!r}")
-    size = p.stat().st_size
+    st = p.stat()
+    # a file already found good, unchanged since: Gemma's 262k-token
+    # vocabulary takes seconds to read, and every backend on it validates
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key in _VALID:
+        return dict(_VALID[key], path=str(p))
+    meta = _validate(p, st.st_size)
+    _VALID[key] = meta
+    return dict(meta)
+
+
+# (real path, size, mtime, inode) -> metadata of files that passed
+_VALID: Dict[Tuple[str, int, int, int], Dict[str, Any]] = {}
+
+
+def _validate(p: Path, size: int) -> Dict[str, Any]:
     try:
         with open(p, "rb") as f:
             magic = f.read(4)
