@@ -230,6 +230,7 @@ def spacy_ner(
     patience: int = typer.Option(5, "--patience", help="Stop after this many epochs without a better dev F"),
     seed: int = typer.Option(0, "--seed"),
     base: str = typer.Option("blank", "--base", help="'blank' (own CNN tok2vec) or a pipeline whose pretrained tok2vec the ner listens to, e.g. ja_ginza"),
+    task: str = typer.Option("ner-ja", "--task", help="The entity task whose records to read (a user task resolves through the files' sidecars)"),
 ) -> None:
     """A spaCy NER trained for a time budget (on blank ja, or on a
     pretrained pipeline's tok2vec)."""
@@ -238,7 +239,7 @@ def spacy_ner(
     t0 = time.time()
     fix_random_seed(seed)
     nlp, ner, trained = _ner_pipeline(base)
-    train, dev, test = (_gold(p, "ner-ja") for p in (train_path, dev_path, test_path))
+    train, dev, test = (_gold(p, task) for p in (train_path, dev_path, test_path))
     train_ex, misaligned = _examples(nlp, train)
     n_gold = sum(len(g.entities) for g in train)
     for g in train:

@@ -37,7 +37,11 @@ def test_demo_workflow_runs_end_to_end(tmp_path, tiny_gemma_gguf):
     # the exported GGUF generates exactly what the merged HF model generates
     verify = json.loads((tmp_path / "training" / "demo-f32.verify.json").read_text())
     assert verify["prompts"] > 0 and verify["identical"] == verify["prompts"], verify["mismatches"]
-    assert (tmp_path / "packages" / "demo-pipeline" / "meta.json").exists()
+    meta = json.loads((tmp_path / "packages" / "demo-pipeline" / "meta.json").read_text())
+    # the Gemma terms travel with the fine-tuned weights
+    assert meta["license"].startswith("Gemma Terms of Use")
+    assert meta["giellm"]["license_files"] and all(
+        (tmp_path / "packages" / "demo-pipeline" / f).is_file() for f in meta["giellm"]["license_files"])
     # annotate printed the example sentences with their annotations
     assert "松友美佐紀は、日本のバドミントン選手。" in proc.stdout
     assert "cats:" in proc.stdout
