@@ -18,11 +18,23 @@ Per backend:
   tokens/s (the rest of the time);
 * time per doc outside the model: the component over a replay backend that
   answers instantly with the recorded outputs;
-* batched (batch 16 / 16 parallel sequences) vs one prompt at a time;
+* batched (batch 16 / 16 parallel sequences) vs one prompt at a time, and
+  docs/s at 1, 4 and 8 prompts decoding together;
+* the one-pass `generate_scored` against generate + a separate label_scores;
+* prompt-lookup drafting (llama.cpp): speed with and without, one sequence
+  at a time and batched, the share of drafted tokens kept, and whether any
+  output changed;
 * constrained vs unconstrained decoding: speed, malformed-output rate (any
   parse problem, or a span not in the text), and how often the generated text
   label is the argmax of `label_scores`; where the texts have gold entities,
-  entity F1 of both.
+  entity F1 of both;
+* the machine's float32 GEMM GFLOPS and memory bandwidth, and from them and
+  the model's FLOPs and bytes per doc, ceilings on docs/s (`limits`);
+* with `--step ginza`: from raw text through ja_ginza's full pipeline +
+  giellm against its tokenizer alone + giellm.
+
+`--step` picks the optional steps (batching, drafting, constrained, limits,
+ginza); the component, outside-the-model and token-rate figures always run.
 """
 from .config import FIELDS, BenchConfig
 from .inputs import build_bench_models, load_texts
