@@ -398,13 +398,14 @@ def bench_backend(kind: str, cfg: BenchConfig, model_dir: Optional[str], gguf_pa
             out.update(run.constrained())
         else:  # the quality of the plain outputs still
             out.update({f"{k}_unconstrained": v for k, v in quality(run.task, run.records, run.outputs, run.scores).items()})
+        # before the machine's memory test and ja_ginza take their own
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if "limits" in steps:
             out.update(run.limits(gguf_path, out["component_docs_per_s"]))
         if "ginza" in steps:
             out.update(run.ginza())
         for key, _ in FIELDS:  # every figure, None where not measured
             out.setdefault(key, None)
-        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return out
     finally:
         close = getattr(backend, "close", None)
