@@ -316,11 +316,7 @@ class HFBackend(LocalModelBackend):
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             ids, mask, pos = self._encode(chunk)
-            cache = self._prefix_cache(ids, mask, pos)
-            if cache is None:  # one-token prompts: nothing to share
-                results.extend(self._generate_chunk(chunk, ids, mask, pos))
-                rows.extend(self._chunk_logprobs(chunk, cand_ids).tolist())
-                continue
+            cache = self._prefix_cache(ids, mask, pos)  # None for one-token prompts: nothing to share
             with torch.inference_mode():
                 rows.extend(self._score_from_prefix(copy.deepcopy(cache), ids, mask, pos, cand_ids).tolist())
             results.extend(self._generate_chunk(chunk, ids, mask, pos, cache))

@@ -318,12 +318,14 @@ class LlamaCppBackend(LocalModelBackend):
             # a model that keeps to the format mostly wants an allowed token:
             # one argmax (not a partial sort of the vocabulary) finds it
             best = int(np.argmax(logits))
-            token = best if automaton.advance(state, best) is not None else None
-            if token is None:
-                # the best few tokens next (stable: ties go to the lower id, as argmax)
-                top = np.argpartition(-logits, TOP_K)[:TOP_K] if len(logits) > TOP_K else np.arange(len(logits))
-                top = top[np.argsort(-logits[top], kind="stable")]
-                token = automaton.pick(state, top.tolist())
+            after = automaton.advance(state, best)
+            if after is not None:
+                states[k] = after
+                return best
+            # the best few tokens next (stable: ties go to the lower id, as argmax)
+            top = np.argpartition(-logits, TOP_K)[:TOP_K] if len(logits) > TOP_K else np.arange(len(logits))
+            top = top[np.argsort(-logits[top], kind="stable")]
+            token = automaton.pick(state, top.tolist())
             if token is None:
                 allowed = automaton.allowed_array(state)
                 token = int(allowed[int(np.argmax(logits[allowed]))])
@@ -407,6 +409,7 @@ class LlamaCppBackend(LocalModelBackend):
             "backend": self.backend_name, "max_new_tokens": self.max_new_tokens, "constrained": self.constrained,
             "n_ctx": self.n_ctx, "n_gpu_layers": self.n_gpu_layers, "versions": package_versions("llama_cpp_python"),
         }
+
 
 # The class is the registered function: its __init__ is the config schema.
 make_llamacpp_backend = giellm_backends.register("giellm.LlamaCpp.v1", func=LlamaCppBackend)

@@ -23,8 +23,10 @@ later tokens in a copy of the prompt's KV cells (`llama_memory_seq_cp`).
 
 Drafts (`generate(draft=...)`, e.g. prompt lookup) are verified in the same
 batch as the other sequences' steps: a drafted token is kept only where it is
-the token greedy picking chooses at its position, so drafting never changes
-an output, only the number of decoding steps.
+the token greedy picking chooses at its position, so the output is the greedy
+one up to float rounding (logits of a multi-token batch can differ in the last
+bits from single-token ones, which flips near-ties, as batching sequences
+together can), in fewer decoding steps where drafts are right.
 """
 from __future__ import annotations
 
@@ -170,8 +172,8 @@ class SequenceBatcher:
         `draft(k, generated)` may propose tokens to follow prompt k's output
         so far; they are decoded with it in the same batch and kept as long
         as each is the token `pick` chooses at its position, so the output
-        is the greedy output, in fewer decoding steps where drafts are right
-        (rejected tokens' cells are removed). `stats` (if given) counts
+        is the greedy output (up to float rounding), in fewer decoding steps
+        where drafts are right (rejected tokens' cells are removed). `stats` (if given) counts
         sequence steps, drafted and kept tokens."""
         cand = [list(c) for c in candidates] if candidates is not None else None
         multi = [c for c, ids in enumerate(cand or ()) if len(ids) > 1]
