@@ -37,6 +37,13 @@ def test_demo_workflow_runs_end_to_end(tmp_path, tiny_gemma_gguf):
     # the exported GGUF generates exactly what the merged HF model generates
     verify = json.loads((tmp_path / "training" / "demo-f32.verify.json").read_text())
     assert verify["prompts"] > 0 and verify["identical"] == verify["prompts"], verify["mismatches"]
+    # ... from the trimmed vocabulary, which the GGUF carries
+    trim = json.loads((tmp_path / "training" / "demo-trimmed" / "giellm-trim.json").read_text())
+    assert 0 < trim["vocab_after"] <= trim["vocab_before"] and trim["texts"] > 0
+    from gguf import GGUFReader
+
+    tokens = GGUFReader(str(tmp_path / "training" / "demo-f32.gguf"), "r").get_field("tokenizer.ggml.tokens")
+    assert len(tokens.contents()) == trim["vocab_after"]
     meta = json.loads((tmp_path / "packages" / "demo-pipeline" / "meta.json").read_text())
     # the Gemma terms travel with the fine-tuned weights
     assert meta["license"].startswith("Gemma Terms of Use")

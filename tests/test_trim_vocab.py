@@ -23,7 +23,7 @@ UNSEEN = "トヨタは日産と電池の共同開発で提携した。Relation E
 @pytest.fixture(scope="module")
 def trimmed(tiny_gemma_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("trimmed") / "model"
-    summary = trim_vocabulary(tiny_gemma_dir, out, KEPT_TEXTS, keep_japanese=False)
+    summary = trim_vocabulary(tiny_gemma_dir, out, KEPT_TEXTS, keep_japanese=False, keep_ascii_chars=0)
     return out, summary
 
 
@@ -103,9 +103,19 @@ def test_cli_trims_from_training_data_and_says_what_is_wrong(tiny_gemma_dir, tmp
         encoding="utf8",
     )
     out = tmp_path / "trimmed"
-    result = CliRunner().invoke(app, ["trim-vocab", str(tiny_gemma_dir), str(out), "--data", str(data), "--data-only"])
+    result = CliRunner().invoke(app, ["trim-vocab", str(tiny_gemma_dir), str(out), "--data", str(data), "--data-only",
+                                      "--keep-ascii", "0"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["vocab_after"] == json.loads((out / TRIM_FILE).read_text())["vocab_after"]
+    n_data_only = json.loads(result.output)["vocab_after"]
+    assert n_data_only == json.loads((out / TRIM_FILE).read_text())["vocab_after"]
+    # --keep-ascii 2: every ASCII token of up to 2 characters too
+    result = CliRunner().invoke(app, ["trim-vocab", str(tiny_gemma_dir), str(out), "--data", str(data), "--data-only",
+                                      "--keep-ascii", "2"])
+    assert result.exit_code == 0, result.output
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    before = json.loads((Path(tiny_gemma_dir) / "tokenizer.json").read_text())["model"]["vocab"]
+    short_ascii = {t for t in before if len(t) <= 2 and all(ord(c) < 0x80 or c == "\u2581" for c in t)}
+    assert short_ascii and short_ascii <= set(vocab) and len(vocab) > n_data_only
 
     no_tokenizer = tmp_path / "bare"
     no_tokenizer.mkdir()

@@ -17,6 +17,10 @@ def trim_vocab_cli(
         True, "--keep-japanese/--data-only",
         help="Also keep every Japanese-script token of the vocabulary (unseen Japanese text splits as before)",
     ),
+    keep_ascii: int = typer.Option(
+        0, "--keep-ascii", help="Also keep every ASCII token of up to N characters (a space counts as one), "
+                                "for text with many Latin words (4: Gemma 3 keeps 58,822 tokens, not 26,770)",
+    ),
 ) -> None:
     """Keep only the vocabulary a Japanese extraction model uses: the output
     head shrinks with it (Gemma 3: 262,144 rows to about 27,000), so every
@@ -29,4 +33,5 @@ def trim_vocab_cli(
         from ..training.trim_vocab import training_texts, trim_vocabulary
 
         source = resolve_base_model(model)
-        echo_json(trim_vocabulary(source, output_dir, training_texts(data), keep_japanese=keep_japanese))
+        echo_json(trim_vocabulary(source, output_dir, training_texts(data), keep_japanese=keep_japanese,
+                                   keep_ascii_chars=keep_ascii))

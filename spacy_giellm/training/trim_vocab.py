@@ -17,6 +17,9 @@ Which tokens are kept:
   (kana, kanji, Japanese punctuation, full-width forms) and ASCII with at
   least one Japanese character, and every single-character token of those
   scripts and of ASCII: unseen Japanese text then splits as before;
+* with `keep_ascii_chars` = N, every ASCII token of up to N characters
+  (SentencePiece's "▁" for a space counts as one): Latin words in Japanese
+  text (names, products) split into pieces the model knows;
 * the tokenizer's special tokens (unk, bos, eos, pad, mask) and the 256 byte
   tokens `<0x00>`..`<0xFF>` and "▁" (the space), so that any text can still
   be written;
@@ -118,6 +121,7 @@ def trim_vocabulary(
     texts: Iterable[str],
     *,
     keep_japanese: bool = True,
+    keep_ascii_chars: int = 0,
 ) -> Dict[str, Any]:
     """Write `base_dir` with a trimmed vocabulary to `out_dir` (see the module
     docstring); returns a summary (also written to `out_dir/giellm-trim.json`)."""
@@ -134,7 +138,6 @@ def trim_vocabulary(
     vocab: Dict[str, int] = model["vocab"]
     by_id: Dict[int, str] = {i: t for t, i in vocab.items()}
     added = {int(t["id"]): t for t in data.get("added_tokens") or []}
-    n_old = max(list(by_id) + list(added)) + 1
 
     original = Tokenizer.from_file(str(tok_path))
     texts = [t for t in texts if t]
@@ -163,6 +166,11 @@ def trim_vocabulary(
         keep.add(vocab["\u2581"])
     if keep_japanese:
         keep.update(i for t, i in vocab.items() if i not in added and japanese_token(t))
+    if keep_ascii_chars > 0:
+        keep.update(
+            i for t, i in vocab.items()
+            if i not in added and 0 < len(t) <= keep_ascii_chars and all(_is_ascii(c) for c in t)
+        )
 
     # Closure under BPE: the pieces each kept token is built from.
     ranks = {pair: r for r, pair in enumerate(_merge_pairs(model))}
@@ -172,7 +180,10 @@ def trim_vocabulary(
             continue
         keep.update(vocab[p] for p in _bpe_pieces(token, ranks) if p in vocab)
 
-    kept = sorted(keep)
+    # Tokens past the embedding matrix (transformers' GGUF reader may add
+    # special tokens the GGUF lacks) were never usable by the model: dropped.
+    rows = _embedding_rows(base)
+    kept = sorted(i for i in keep if i < rows)
     new_id = {old: new for new, old in enumerate(kept)}
     with atomic_dir(Path(out_dir)) as tmp:
         _write_tokenizer_json(data, new_id, by_id, tmp / "tokenizer.json")
@@ -181,7 +192,7 @@ def trim_vocabulary(
         for name in ("config.json", "generation_config.json"):
             if (base / name).is_file():
                 _write_config(base / name, new_id, len(kept), tmp / name)
-        _write_weights(base, kept, n_old, tmp)
+        _write_weights(base, kept, tmp)
         for entry in base.iterdir():
             if entry.name not in _REWRITTEN and not entry.name.startswith("."):
                 (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
@@ -197,11 +208,12 @@ def trim_vocabulary(
                 )
         summary = {
             "source": str(base),
-            "vocab_before": n_old,
+            "vocab_before": rows,
             "vocab_after": len(kept),
             "from_texts": len(seen),
             "texts": len(texts),
             "keep_japanese": keep_japanese,
+            "keep_ascii_chars": keep_ascii_chars,
             # original id of each new id, for mapping ids or checking a model's origin
             "kept_ids": kept,
         }
@@ -291,7 +303,22 @@ def _write_config(path: Path, new_id: Dict[int, int], n_vocab: int, out: Path) -
     out.write_text(json.dumps(cfg, ensure_ascii=False, indent=2) + "\n", encoding="utf8")
 
 
-def _write_weights(base: Path, kept: Sequence[int], n_old: int, out: Path) -> None:
+_EMBEDDING_NAMES = ("embed_tokens.weight", "lm_head.weight", "wte.weight")
+
+
+def _embedding_rows(base: Path) -> int:
+    """Rows of the model's input embedding matrix (its vocabulary size)."""
+    from safetensors import safe_open
+
+    for f in sorted(base.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                if name.endswith(_EMBEDDING_NAMES[0]) or name.endswith(_EMBEDDING_NAMES[2]):
+                    return int(st.get_slice(name).get_shape()[0])
+    raise TrimError(f"{base}: no safetensors file with an input embedding matrix (embed_tokens.weight)")
+
+
+def _write_weights(base: Path, kept: Sequence[int], out: Path) -> None:
     """Every safetensors file, with the rows of vocabulary-sized matrices
     (input embeddings, an untied output head) sliced to the kept ids."""
     import torch
@@ -309,9 +336,7 @@ def _write_weights(base: Path, kept: Sequence[int], n_old: int, out: Path) -> No
             metadata = st.metadata() or {}
             for name in st.keys():
                 t = st.get_tensor(name)
-                if name.endswith(("embed_tokens.weight", "lm_head.weight", "wte.weight")) and t.shape[0] >= len(kept):
-                    if t.shape[0] < n_old:
-                        raise TrimError(f"{f}: {name} has {t.shape[0]} rows, the tokenizer {n_old} tokens")
+                if name.endswith(_EMBEDDING_NAMES) and t.shape[0] >= len(kept):
                     t = t.index_select(0, index).contiguous()
                     sliced += 1
                 tensors[name] = t
