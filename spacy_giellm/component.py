@@ -21,7 +21,7 @@ from spacy.tokens import Doc, Span
 from spacy.util import ensure_path, filter_spans, minibatch, registry
 
 from .align import SpanMaker, split_tokens_at
-from .backends.base import LabelScoring, ModelIdentity, ScoredGeneration, TaskBinding, TokenCounting
+from .backends.base import LabelScoring, ModelIdentity, ModelTasks, ScoredGeneration, TaskBinding, TokenCounting
 from .cache import CacheError, ResponseCache
 from .docs import GROUPS, TUPLE_KINDS, install_extensions, set_tuples
 # Where code written before `docs` looks for them.
@@ -153,7 +153,8 @@ class GiellmComponent(Pipe):
             )
         self.vocab = vocab
         self.name = name
-        self.task = get_task(task)
+        # a name may be a built-in task's or one the model was trained on
+        self.task = get_task(task, backend.model_task_sources if isinstance(backend, ModelTasks) else ())
         self.task.word_level(instruction)  # fail now on an instruction the task lacks
         self.instruction = instruction
         self.backend = backend

@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from spacy.util import registry
 
@@ -218,8 +218,21 @@ BUILTIN_TASKS: Dict[str, Task] = {
 }
 
 
-def get_task(spec: Union[str, Task, Mapping[str, Any]]) -> Task:
-    """A task from a built-in name, a task file (.json / .toml), a dict or a Task."""
+# Where tasks beyond the built-in ones are known, as `TaskResolver` sources:
+# (where, tasks by name), e.g. ("the model m.gguf", {...}); or a function
+# giving them, called only for a name that is not built-in (reading a
+# model's tasks costs a file read).
+TaskSources = Sequence[Tuple[str, Mapping[str, "Task"]]]
+
+
+def get_task(
+    spec: Union[str, Task, Mapping[str, Any]],
+    known: Union[TaskSources, Callable[[], TaskSources]] = (),
+) -> Task:
+    """A task from a built-in name, a task file (.json / .toml), a dict or a
+    Task; then a name that `known` defines (the tasks a model was trained
+    on: the component asks its backend, `backends.base.ModelTasks`). An
+    unknown name is a KeyError listing the built-in names and `known`'s."""
     if isinstance(spec, Task):
         return spec
     if isinstance(spec, Mapping):
@@ -231,7 +244,14 @@ def get_task(spec: Union[str, Task, Mapping[str, Any]]) -> Task:
         if not path.exists():
             raise FileNotFoundError(f"task file not found: {path}")
         return load_task_file(path)
-    raise KeyError(f"unknown task {spec!r}; built-in tasks: {sorted(BUILTIN_TASKS)}, or a .json/.toml file")
+    sources = list(known() if callable(known) else known)
+    if any(spec in tasks for _, tasks in sources):
+        return TaskResolver(sources).resolve(spec)  # says which, where two sources disagree
+    raise KeyError(
+        f"unknown task {spec!r}; built-in tasks: {sorted(BUILTIN_TASKS)}"
+        + "".join(f"; {where}: {sorted(tasks)}" for where, tasks in sources)
+        + "; or a .json/.toml task file"
+    )
 
 
 def task_named(name: str) -> Task:

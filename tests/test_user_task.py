@@ -306,3 +306,72 @@ def test_user_task_from_task_file_to_annotation_without_repeating_it(user_files,
     result = run("annotate", tmp_path / "pipeline-from-model", "豆腐を鍋で3分煮る。")
     assert result.exit_code == 0, result.output
     assert "豆腐を鍋で3分煮る。" in result.output and "cats:" in result.output
+
+
+# --- the component's `task` names a task the model was trained on --------------
+
+
+def _gguf_with_tasks(gguf, tmp_path, tasks):
+    from spacy_giellm.training.gguf_export import set_gguf_strings
+    from spacy_giellm.training.model_tasks import GGUF_TASKS_KEY, tasks_json_string
+
+    out = tmp_path / "recipe.gguf"
+    shutil.copy(gguf, out)
+    set_gguf_strings(out, {GGUF_TASKS_KEY: tasks_json_string(tasks)})
+    return out
+
+
+def test_component_task_names_a_task_stored_in_the_gguf(tiny_gemma_gguf, tmp_path):
+    pytest.importorskip("llama_cpp")
+    import spacy
+
+    user_task = Task.from_dict(TASK)
+    gguf = _gguf_with_tasks(tiny_gemma_gguf, tmp_path, {"recipe-ner": user_task})
+    backend = {"@giellm_backends": "giellm.LlamaCpp.v1", "model_path": str(gguf), "max_new_tokens": 4}
+    nlp = spacy.blank("ja")
+    pipe = nlp.add_pipe("giellm", config={"task": "recipe-ner", "backend": dict(backend, constrained=True)})
+    assert pipe.task == user_task and pipe.backend.task == user_task  # constrained decoding keeps to it
+    assert set(pipe.labels) == {"和食", "洋食", *LABELS}
+    doc = nlp("豆腐を鍋で3分煮る。")
+    assert set(doc.cats) == {"和食", "洋食"}
+    assert all(ent.label_ in LABELS for ent in doc.ents)
+    # a built-in name still means the built-in task
+    assert spacy.blank("ja").add_pipe("giellm", config={"task": "scnm", "backend": backend}).task == BUILTIN_TASKS["scnm"]
+    # the backend alone, constrained to a task named by the model
+    from spacy_giellm.backends.llamacpp import LlamaCppBackend
+
+    assert LlamaCppBackend(str(gguf), constrained=True, task="recipe-ner").task == user_task
+    # an unknown name: the built-in names and the model's
+    with pytest.raises(KeyError, match=rf"unknown task 'recipe'; built-in tasks: \[.*'scnm'.*\]; the model {gguf}: \['recipe-ner'\]"):
+        spacy.blank("ja").add_pipe("giellm", config={"task": "recipe", "backend": backend})
+    # a model that stores no tasks does not know the name
+    with pytest.raises(KeyError, match=r"unknown task 'recipe-ner'; built-in tasks: \[[^]]*\]; or a \.json/\.toml task file"):
+        spacy.blank("ja").add_pipe("giellm", config={"task": "recipe-ner", "backend": dict(backend, model_path=str(tiny_gemma_gguf))})
+
+
+def test_component_task_names_a_task_stored_in_the_hf_model_or_adapter(tiny_model_dir, tmp_path, caplog):
+    pytest.importorskip("transformers")
+    import spacy
+
+    from spacy_giellm.training.model_tasks import write_model_tasks
+
+    user_task = Task.from_dict(TASK)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    write_model_tasks(model, {"recipe-ner": user_task})
+    backend = {"@giellm_backends": "giellm.HF.v1", "model": str(model), "max_new_tokens": 4, "device": "cpu"}
+    nlp = spacy.blank("ja")
+    pipe = nlp.add_pipe("giellm", config={"task": "recipe-ner", "backend": backend})
+    assert pipe.task == user_task
+    assert set(nlp("豆腐を鍋で3分煮る。").cats) == {"和食", "洋食"}
+    # an adapter's tasks come before its base model's (it is what was trained);
+    # the disagreement is said. (The adapter is not loaded to resolve a name.)
+    adapter = tmp_path / "adapter"
+    changed = Task.from_dict(dict(TASK, text_labels=["和食", "洋食", "中華"]))
+    write_model_tasks(adapter, {"recipe-ner": changed})
+    with caplog.at_level(logging.WARNING, logger="spacy_giellm"):
+        pipe = spacy.blank("ja").add_pipe("giellm", config={"task": "recipe-ner", "backend": dict(backend, adapter=str(adapter))})
+    assert pipe.task == changed
+    assert f"using the definition from the adapter {adapter}; the model {model} defines it differently" in caplog.text
+    with pytest.raises(KeyError, match=rf"; the adapter {adapter}: \['recipe-ner'\]; the model {model}: \['recipe-ner'\]"):
+        spacy.blank("ja").add_pipe("giellm", config={"task": "nope", "backend": dict(backend, adapter=str(adapter))})

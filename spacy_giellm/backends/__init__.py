@@ -6,8 +6,8 @@ functions that build or run a model, so importing spaCy stays cheap.
 
 A backend needs only `generate` (`Backend`); what else it can do is declared
 by the protocols in `base` and checked with `isinstance`: `TaskBinding`,
-`LabelScoring`, `TokenCounting`.
+`LabelScoring`, `TokenCounting`, `ModelTasks`.
 """
-from .base import Backend, LabelScoring, TaskBinding, TokenCounting
+from .base import Backend, LabelScoring, ModelTasks, TaskBinding, TokenCounting
 
-__all__ = ["Backend", "TaskBinding", "LabelScoring", "TokenCounting"]
+__all__ = ["Backend", "TaskBinding", "LabelScoring", "TokenCounting", "ModelTasks"]

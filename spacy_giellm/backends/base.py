@@ -42,6 +42,18 @@ class TaskBinding(Protocol):
 
 
 @runtime_checkable
+class ModelTasks(Protocol):
+    """A backend that can say which tasks its model was trained on (stored
+    with the model by `train` / `export-gguf`, `stored_tasks`): the
+    component's `task` may then name one of them, as it names a built-in."""
+
+    def model_task_sources(self) -> List[Tuple[str, Dict[str, Any]]]:
+        """(where, tasks by name) for each place the model keeps tasks, the
+        one to prefer first; empty if it keeps none."""
+        ...
+
+
+@runtime_checkable
 class LabelScoring(Protocol):
     """A backend that can score the text-label candidates of each prompt:
     the component's `doc.cats` then holds real probabilities."""
@@ -83,9 +95,10 @@ def loaded_attribute(attr: str, doc: str) -> Any:
 
 class LocalModelBackend:
     """What the in-process backends (transformers, llama.cpp) share: the task
-    binding that constrained decoding needs, and label scoring around the
-    backend's own `_candidate_logprobs`. Subclasses provide `generate_ids`,
-    `decode`, `_candidate_ids`, `_token_vocab` and `_candidate_logprobs`."""
+    binding that constrained decoding needs, the tasks stored with the model,
+    and label scoring around the backend's own `_candidate_logprobs`.
+    Subclasses provide `generate_ids`, `decode`, `_candidate_ids`,
+    `_token_vocab`, `_candidate_logprobs` and `_stored_task_paths`."""
 
     backend_name = "giellm backend"
     # (shown as, attribute) of what `repr` names
@@ -93,6 +106,7 @@ class LocalModelBackend:
     task: Any = None
     _vocab: Any = None
     _constrainer: Any = None
+    _task_sources: Optional[Tuple[List[Tuple[str, str]], List[Tuple[str, Dict[str, Any]]]]] = None
 
     def _loaded_model(self) -> Any:
         """The loaded model object, or None before `load()`."""
@@ -117,11 +131,27 @@ class LocalModelBackend:
         return [self.decode(ids) for ids in self.generate_ids(prompts)]  # type: ignore[attr-defined]
 
     def bind_task(self, task: Any, instruction: Optional[str] = None) -> None:
-        """The task whose format constrained decoding keeps to (the component calls this)."""
+        """The task whose format constrained decoding keeps to (the component
+        calls this): a name may be one the model was trained on."""
         from ..tasks import get_task
 
-        self.task = get_task(task)  # the instruction is read from each prompt
+        self.task = get_task(task, self.model_task_sources)  # the instruction is read from each prompt
         self._constrainer = None
+
+    def _stored_task_paths(self) -> List[Tuple[str, str]]:
+        """(what, local path) of the files or directories that may store the
+        model's tasks, the one to prefer first (an adapter before its base)."""
+        return []
+
+    def model_task_sources(self) -> List[Tuple[str, Dict[str, Any]]]:
+        """The tasks the model was trained on (`ModelTasks`); read once per
+        model path (`from_disk` may point the backend at another file)."""
+        paths = self._stored_task_paths()
+        if self._task_sources is None or self._task_sources[0] != paths:
+            from .stored_tasks import model_task_sources
+
+            self._task_sources = (paths, [source for what, path in paths for source in model_task_sources(path, what)])
+        return self._task_sources[1]
 
     def _prompt_constrainer(self) -> Any:
         if self._constrainer is None:

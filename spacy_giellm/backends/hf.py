@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..registry import giellm_backends
 from .base import LocalModelBackend, loaded_attribute, require_positive
@@ -402,6 +402,11 @@ class HFBackend(LocalModelBackend):
         return (picked * valid).sum(-1).view(n_prompts, n_cand)
 
     # ------------------------------------------------------ response cache
+
+    def _stored_task_paths(self) -> List[Tuple[str, str]]:
+        """The adapter (what was trained) before the model it sits on; hub ids store none."""
+        named = [("adapter", self.adapter), ("model", self.model_name)]
+        return [(what, name) for what, name in named if name and looks_like_local_path(name)]
 
     def model_identity(self, hash_path) -> Dict[str, Any]:
         """The model's and adapter's identity (`base.ModelIdentity`): a local

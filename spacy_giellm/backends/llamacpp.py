@@ -31,7 +31,7 @@ from __future__ import annotations
 import ctypes
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..registry import giellm_backends
 from .base import LocalModelBackend, loaded_attribute, require_positive
@@ -396,6 +396,9 @@ class LlamaCppBackend(LocalModelBackend):
         return self._engine_for(cand_ids).score([self.encode_prompt(p) for p in prompts], cand_ids)
 
     # ------------------------------------------------------ response cache
+
+    def _stored_task_paths(self) -> List[Tuple[str, str]]:
+        return [("model", self.model_path)]
 
     def model_identity(self, hash_path) -> Dict[str, Any]:
         """The GGUF file's SHA-256 (`base.ModelIdentity`)."""

@@ -6,14 +6,17 @@ spaCy pipeline carries its labels.
 - `merge` copies it into the merged model;
 - `export-gguf` writes it into the GGUF's metadata as the string
   `giellm.tasks` (llama.cpp ignores keys it does not know);
+- the `giellm` component's `task` may name one of them (the backend reads
+  them: `backends.base.ModelTasks`);
 - `evaluate-model`, `package` and `annotate` read it back with
   `read_model_tasks` (a directory or a .gguf file) and resolve the tasks
   that records name through `model_task_resolver`: the user's `--task`
   first, then the model's own tasks, then those the data carries, then the
   built-in ones.
 
-Pure Python: the GGUF is read with `gguf.GGUFReader` after
-`backends.gguf_check.validate_gguf` (llama.cpp is never loaded for it).
+Reading them back (`read_model_tasks`, `read_gguf_tasks`) lives in
+`backends.stored_tasks`, since a backend reads its model's tasks too (the
+component's `task` may name one); imported here for the commands.
 """
 from __future__ import annotations
 
@@ -21,13 +24,13 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..tasks import Task, TaskResolver, TaskSpec, read_tasks_json, tasks_from_json, tasks_to_json
+from ..backends.stored_tasks import (
+    GGUF_TASKS_KEY, MODEL_TASKS_FILE, model_task_sources, read_gguf_tasks, read_model_tasks,
+)
+from ..tasks import Task, TaskResolver, TaskSpec, tasks_to_json
 from ..util import atomic_write_json
 
 PathLike = Union[str, Path]
-
-MODEL_TASKS_FILE = "giellm_tasks.json"
-GGUF_TASKS_KEY = "giellm.tasks"
 
 
 def write_model_tasks(model_dir: PathLike, tasks: Mapping[str, Task]) -> Path:
@@ -40,48 +43,6 @@ def write_model_tasks(model_dir: PathLike, tasks: Mapping[str, Task]) -> Path:
 def tasks_json_string(tasks: Mapping[str, Task]) -> str:
     """The tasks as one compact JSON string (the GGUF metadata value)."""
     return json.dumps(tasks_to_json(tasks.values()), ensure_ascii=False, separators=(",", ":"))
-
-
-def read_gguf_tasks(gguf: PathLike) -> Dict[str, Task]:
-    """The tasks in a GGUF's `giellm.tasks` metadata (none if it has no such
-    key). The file is validated first; a value that is not a tasks JSON
-    string is a ValueError naming the file and the key."""
-    from gguf import GGUFReader
-
-    from ..backends.gguf_check import validate_gguf
-
-    validate_gguf(gguf)
-    field = GGUFReader(str(gguf), "r").get_field(GGUF_TASKS_KEY)
-    if field is None:
-        return {}
-    value = field.contents()
-    where = f"{gguf}: metadata {GGUF_TASKS_KEY}"
-    if not isinstance(value, str):
-        raise ValueError(f"{where} is not a string")
-    try:
-        data = json.loads(value)
-    except ValueError as err:
-        raise ValueError(f"{where} is not JSON: {err}") from err
-    return tasks_from_json(data, where)
-
-
-def read_model_tasks(model: PathLike) -> Dict[str, Task]:
-    """The tasks `model` was trained on: a .gguf file's `giellm.tasks`, a
-    model or adapter directory's `giellm_tasks.json`. None (an empty dict)
-    for a model that has none (trained before tasks were stored, a bare
-    base model, a hub id)."""
-    path = Path(model)
-    if path.suffix == ".gguf" and path.is_file():
-        return read_gguf_tasks(path)
-    if (path / MODEL_TASKS_FILE).is_file():
-        return read_tasks_json(path / MODEL_TASKS_FILE)
-    return {}
-
-
-def model_task_sources(model: PathLike) -> List[Tuple[str, Dict[str, Task]]]:
-    """`read_model_tasks` as a `TaskResolver` source (none if it has none)."""
-    tasks = read_model_tasks(model)
-    return [(f"the model {model}", tasks)] if tasks else []
 
 
 def model_task_resolver(
