@@ -50,7 +50,9 @@ from ..util import atomic_dir, atomic_write_json
 
 PathLike = Union[str, Path]
 TRIM_FILE = "giellm-trim.json"
-# Files rewritten here; everything else in the base directory is copied.
+# Files rewritten here, or left out because they name tokens by old id or
+# list special tokens the trimmed vocabulary may lack (transformers would
+# add those back past the embeddings); everything else is copied.
 _REWRITTEN = {
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "config.json",
     "generation_config.json", "model.safetensors", "model.safetensors.index.json",
@@ -173,7 +175,8 @@ def trim_vocabulary(
         )
 
     # Closure under BPE: the pieces each kept token is built from.
-    ranks = {pair: r for r, pair in enumerate(_merge_pairs(model))}
+    pairs = _merge_pairs(model)
+    ranks = {pair: r for r, pair in enumerate(pairs)}
     for tid in list(keep):
         token = by_id.get(tid)
         if token is None or tid in added or len(token) < 2:
@@ -186,7 +189,7 @@ def trim_vocabulary(
     kept = sorted(i for i in keep if i < rows)
     new_id = {old: new for new, old in enumerate(kept)}
     with atomic_dir(Path(out_dir)) as tmp:
-        _write_tokenizer_json(data, new_id, by_id, tmp / "tokenizer.json")
+        _write_tokenizer_json(data, pairs, new_id, by_id, tmp / "tokenizer.json")
         _write_sentencepiece(base, new_id, by_id, tmp)
         _write_tokenizer_config(tok_cfg, new_id, tmp)
         for name in ("config.json", "generation_config.json"):
@@ -230,12 +233,14 @@ def _remap_ids(node: Any, new_id: Dict[int, int]) -> Any:
     return node
 
 
-def _write_tokenizer_json(data: Dict[str, Any], new_id: Dict[int, int], by_id: Dict[int, str], path: Path) -> None:
+def _write_tokenizer_json(
+    data: Dict[str, Any], pairs: Sequence[Tuple[str, str]], new_id: Dict[int, int], by_id: Dict[int, str], path: Path,
+) -> None:
     model = dict(data["model"])
     vocab = {by_id[old]: new for old, new in new_id.items() if old in by_id}
     model["vocab"] = vocab
     list_form = bool(model.get("merges")) and not isinstance(model["merges"][0], str)
-    merges = [(a, b) for a, b in _merge_pairs(data["model"]) if a in vocab and b in vocab and a + b in vocab]
+    merges = [(a, b) for a, b in pairs if a in vocab and b in vocab and a + b in vocab]
     model["merges"] = [[a, b] for a, b in merges] if list_form else [f"{a} {b}" for a, b in merges]
     out = dict(data)
     out["model"] = model
