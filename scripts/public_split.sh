@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fixed split of the public corpora that gemma_measure.sh and
-# gemma_ner_only.sh share: stockmark NER + jrte sentiment converted, then
+# gemma_trimmed.sh share: stockmark NER + jrte sentiment converted, then
 # 200 dev and 500 test sentences per corpus, the rest train (seed 0).
 #   scripts/public_split.sh NER_JSON PN_TSV OUT   ->  OUT/split/{train,dev,test}.jsonl
 set -euo pipefail

@@ -209,3 +209,34 @@ def test_bf16_base_only_for_cpu_lora():
         _bf16_base("fp16", cuda=False, mode="lora")
     with pytest.raises(ValueError, match="precision"):
         train(ASSETS / "tcree-sample.jsonl", None, "unused", TrainConfig(from_scratch=True, precision="half"))
+
+
+def test_gradient_checkpointing_on_cpu_recomputes_and_gives_the_same_training(tmp_path, sample_splits, tiny_model_dir, monkeypatch):
+    """`--gradient-checkpointing` on a CPU: each decoder layer runs again in
+    the backward pass, and the run's losses are those of the plain run."""
+    from transformers.models.llama import modeling_llama
+
+    calls = []
+    # The MLP inside each decoder layer: the layer's own forward is what
+    # transformers wraps to checkpoint, so it must stay unpatched.
+    forward = modeling_llama.LlamaMLP.forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.training)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counting)
+    root, _ = sample_splits
+    runs = {}
+    for checkpointing in (False, True):
+        calls.clear()
+        cfg = TrainConfig(
+            base_model=str(tiny_model_dir), max_steps=2, eval_steps=100, batch_size=4, max_length=256,
+            lora_r=2, lora_alpha=4, patience=0, gradient_checkpointing=checkpointing,
+        )
+        manifest = train(root / "train.jsonl", None, tmp_path / f"ckpt{checkpointing}", cfg)
+        runs[checkpointing] = (manifest, sum(calls))
+    (plain, plain_calls), (ckpt, ckpt_calls) = runs[False], runs[True]
+    assert not plain["gradient_checkpointing"] and ckpt["gradient_checkpointing"]
+    assert plain_calls > 0 and ckpt_calls == 2 * plain_calls
+    assert ckpt["train_loss"] == pytest.approx(plain["train_loss"], abs=1e-5)

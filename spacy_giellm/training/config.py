@@ -38,6 +38,10 @@ class TrainConfig:
     # CPU LoRA: "auto" holds the frozen base in bf16 where the CPU has
     # native bf16 matmuls, "bf16" always, "fp32" never. (GPU: bf16 if supported.)
     precision: str = "auto"
+    # Activation (gradient) checkpointing: keep only each layer's input and
+    # recompute the rest in the backward pass; less memory for about a
+    # third more compute. None: on a GPU only.
+    gradient_checkpointing: Optional[bool] = None
     epochs: float = 3.0
     max_steps: int = -1
     # Seconds of training in this run (0: no limit); with a budget the

@@ -195,9 +195,9 @@ def _tokenize(train_records: Sequence[Any], dev_records: Sequence[Any], tokenize
     return train_data, dev_data
 
 
-def _version_args(training_args_cls: Any, cuda: bool) -> Dict[str, Any]:
-    """Length-grouped batches and activation (gradient) checkpointing on a
-    GPU, under the argument names this transformers version uses."""
+def _version_args(training_args_cls: Any, checkpointing: bool) -> Dict[str, Any]:
+    """Length-grouped batches and, if asked, activation (gradient)
+    checkpointing, under the argument names this transformers version uses."""
     import dataclasses
 
     names = {f.name for f in dataclasses.fields(training_args_cls)}
@@ -207,9 +207,15 @@ def _version_args(training_args_cls: Any, cuda: bool) -> Dict[str, Any]:
         else {"group_by_length": True}
     )
     ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    out[ckpt] = cuda
-    out[f"{ckpt}_kwargs"] = {"use_reentrant": False} if cuda else None
+    out[ckpt] = checkpointing
+    # Non-reentrant: works with a frozen embedding (LoRA) without making the
+    # inputs require grad.
+    out[f"{ckpt}_kwargs"] = {"use_reentrant": False} if checkpointing else None
     return out
+
+
+def _checkpointing(cfg: TrainConfig, cuda: bool) -> bool:
+    return cuda if cfg.gradient_checkpointing is None else bool(cfg.gradient_checkpointing)
 
 
 def _training_args(cfg: TrainConfig, ckpt_dir: Path, has_dev: bool, cuda: bool, bf16: bool) -> Any:
@@ -226,7 +232,7 @@ def _training_args(cfg: TrainConfig, ckpt_dir: Path, has_dev: bool, cuda: bool, 
         weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup,
         lr_scheduler_type="cosine",
-        **_version_args(TrainingArguments, cuda),
+        **_version_args(TrainingArguments, _checkpointing(cfg, cuda)),
         eval_strategy="steps" if has_dev else "no",
         eval_steps=cfg.eval_steps,
         save_strategy="steps",
@@ -372,6 +378,7 @@ def train(
         "world_size": args.world_size,
         "bf16": bf16,
         "bf16_base_weights": bf16 or bf16_base,
+        "gradient_checkpointing": _checkpointing(cfg, cuda),
         "config": cfg_dict,
         "versions": _versions(),
     }
