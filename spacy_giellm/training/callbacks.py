@@ -21,6 +21,28 @@ def clock_named(name: str) -> Clock:
     return CLOCKS[name]
 
 
+def run_clock(name: str) -> Clock:
+    """The clock `name` as the whole run reads it. In a data-parallel run
+    (torchrun) every process must stop at the same step and set the same
+    learning rate, so each reading is agreed on: the slowest process's wall
+    clock, the sum of all processes' CPU time (the run's CPU budget). Each
+    reading is then a collective: every process reads at the same points
+    (once per step, in the callback and the scheduler)."""
+    local = clock_named(name)
+
+    def clock() -> float:
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return local()
+        reading = torch.tensor([local()], dtype=torch.float64)
+        dist.all_reduce(reading, op=dist.ReduceOp.SUM if name == "cpu" else dist.ReduceOp.MAX)
+        return float(reading)
+
+    return clock
+
+
 def time_limit_callback(seconds: float, clock: Clock = time.monotonic) -> Any:
     """A TrainerCallback that stops training (with a final eval + save) after `seconds`."""
     from transformers import TrainerCallback

@@ -7,21 +7,32 @@ vocabulary that head dominates a step on a CPU: Gemma 3 has 262,144 tokens, so
 at batch 8 x 100 positions the full logits are 800 MB of float32 before their
 gradient. Here the decoder body runs as usual, the hidden states are gathered
 at the positions whose *next* token is labelled, and only those rows go
-through the head and the cross entropy. The result equals the model's own
+through the head and the cross entropy.
+
+The forward still goes through the model as given (asking it for the
+logits of the last position only), and the body's output is taken with a
+forward hook: a data-parallel wrapper (DistributedDataParallel, under
+torchrun or `accelerate launch`) only synchronises gradients of a forward
+that runs through it, and calling the body directly would bypass it. The result equals the model's own
 loss (same shift, same -100 masking, same final-logit soft-capping, same
 reduction); `tests/test_training.py` checks that to 1e-4 on tiny Llama and
 Gemma 3 models.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from .data import IGNORE_INDEX
 
 
 def _causal_lm(model: Any) -> Any:
-    """The `*ForCausalLM` module inside a PEFT wrapper (LoRA layers are
-    injected in place, so calling its parts still runs the adapters)."""
+    """The `*ForCausalLM` module inside a data-parallel wrapper (`.module`)
+    and a PEFT wrapper (LoRA layers are injected in place, so its parts
+    still run the adapters)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
@@ -42,9 +53,15 @@ def output_token_loss(model: Any, inputs: Dict[str, Any], num_items_in_batch: Op
     head = lm.get_output_embeddings()
     if body is None or head is None:
         raise TypeError(f"{type(lm).__name__} exposes no decoder body / output embeddings")
-    hidden = body(
-        input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False
-    ).last_hidden_state
+    captured: List[Any] = []
+    hook = body.register_forward_hook(lambda _module, _args, output: captured.append(output.last_hidden_state))
+    try:
+        model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"{type(lm).__name__}'s decoder body ran {len(captured)} times in one forward, not once")
+    hidden = captured[0]
     # Position t predicts token t + 1.
     targets = inputs["labels"][:, 1:]
     keep = targets != IGNORE_INDEX

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from ..tasks import Task
 from ..util import atomic_dir, atomic_write_json
 from .base_model import BaseModelNotFound, resolve_base_model
-from .callbacks import clock_named, time_budget_trainer, time_limit_callback
+from .callbacks import clock_named, run_clock, time_budget_trainer, time_limit_callback
 from .config import PRECISIONS, TinyModelConfig, TrainConfig
 from .data import PadCollator, TrainingDataError, read_records, tokenize_records
 from .loss import output_token_trainer
@@ -223,6 +223,9 @@ def _training_args(cfg: TrainConfig, ckpt_dir: Path, has_dev: bool, cuda: bool, 
 
     return TrainingArguments(
         output_dir=str(ckpt_dir),
+        # Without it accelerate does not set up several CPU processes
+        # (torchrun) as one data-parallel run, and each trains alone.
+        use_cpu=not cuda,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size or cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -264,7 +267,7 @@ def _make_trainer(model: Any, tokenizer: Any, args: Any, cfg: TrainConfig, train
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))
     trainer_cls = output_token_trainer(Trainer) if cfg.output_token_loss else Trainer
     if cfg.max_time > 0:
-        clock = clock_named(cfg.time_clock)
+        clock = run_clock(cfg.time_clock)
         callbacks.append(time_limit_callback(cfg.max_time, clock))
         trainer_cls = time_budget_trainer(trainer_cls, cfg.max_time, cfg.warmup, cfg.max_steps, clock)
     return trainer_cls(
@@ -313,14 +316,16 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    cuda = torch.cuda.is_available()
     if cfg.from_scratch:
-        args_probe = TrainingArguments(output_dir=str(ckpt_dir), report_to="none")
+        # its barrier makes the other processes of a multi-process run
+        # wait for the first to write the base
+        args_probe = TrainingArguments(output_dir=str(ckpt_dir), report_to="none", use_cpu=not cuda)
         with args_probe.main_process_first(desc="build tiny base model"):
             base = str(build_scratch_base(out, train_records, cfg, tasks))
     tokenizer = _load_tokenizer(base)
     train_data, dev_data = _tokenize(train_records, dev_records, tokenizer, cfg, train_path, dev_path)
 
-    cuda = torch.cuda.is_available()
     mode = "full" if (cfg.full or cfg.from_scratch) else "lora"
     bf16 = bool(cuda and torch.cuda.is_bf16_supported())
     # On a CPU with native bf16 matmuls (AMX, AVX512-BF16) the frozen base
@@ -336,9 +341,11 @@ def train(
     trainer = _make_trainer(model, tokenizer, args, cfg, train_data, dev_data)
     if last:
         logger.info("resuming from %s", last)
-    t_train, cpu_train = time.time(), time.process_time()
+    # CPU time of all processes of a data-parallel run
+    cpu_clock = run_clock("cpu")
+    t_train, cpu_train = time.time(), cpu_clock()
     result = trainer.train(resume_from_checkpoint=last)
-    train_seconds, train_cpu = time.time() - t_train, time.process_time() - cpu_train
+    train_seconds, train_cpu = time.time() - t_train, cpu_clock() - cpu_train
     dev_loss = _dev_loss(trainer, args) if dev_data is not None else None
 
     # 4. The model and its manifest (one process writes them).

@@ -1,0 +1,97 @@
+"""Data-parallel training on the CPU (two processes, gloo over the loopback
+interface): the output-token loss must go through the DistributedDataParallel
+wrapper so that gradients are averaged across processes, and a time budget's
+clock must read the same in every process so that all stop at one step."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+WORKER = r'''
+import json, sys
+import torch
+import torch.distributed as dist
+from peft import LoraConfig, get_peft_model
+from torch.nn.parallel import DistributedDataParallel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from spacy_giellm.training.callbacks import run_clock
+from spacy_giellm.training.data import PadCollator, encode_pair
+from spacy_giellm.training.loss import output_token_loss
+
+rank, model_dir, rendezvous, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+torch.manual_seed(0)
+tok = AutoTokenizer.from_pretrained(model_dir)
+pairs = [
+    ("東京は日本の首都。Named Entity Recognition", "Named Entity Recognition:地名;東京"),
+    ("山田さんが大阪に来た。Named Entity Recognition", "Named Entity Recognition:人名;山田:地名;大阪"),
+]
+
+
+def lora_model():
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    return get_peft_model(base, cfg)
+
+
+def batch(i):
+    return PadCollator(tok.pad_token_id)([encode_pair(tok, *pairs[i])])
+
+
+def grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# each process its own batch, through the DDP wrapper
+ddp = DistributedDataParallel(lora_model())
+output_token_loss(ddp, batch(rank)).backward()
+synced = grads(ddp.module)
+# what averaging should give: both batches in this process, no wrapper
+reference = []
+for i in range(2):
+    alone = lora_model()
+    output_token_loss(alone, batch(i)).backward()
+    reference.append(grads(alone))
+mean_diff = max(float((synced[n] - (reference[0][n] + reference[1][n]) / 2).abs().max()) for n in synced)
+batches_differ = max(float((reference[0][n] - reference[1][n]).abs().max()) for n in synced)
+wall, cpu = run_clock("wall")(), run_clock("cpu")()
+import time
+local_cpu = time.process_time()
+json.dump({"mean_diff": mean_diff, "batches_differ": batches_differ, "wall": wall, "cpu": cpu, "local_cpu": local_cpu},
+          open(out, "w"))
+dist.barrier()
+dist.destroy_process_group()
+'''
+
+
+def test_gradients_are_averaged_across_processes_and_clocks_agree(tmp_path, tiny_model_dir):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER, encoding="utf8")
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(Path(__file__).parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    rendezvous = tmp_path / "rendezvous"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), str(tiny_model_dir), str(rendezvous), str(tmp_path / f"{rank}.json")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    for r in results:
+        assert r["batches_differ"] > 1e-4  # two different batches, so the average is not either one's
+        assert r["mean_diff"] < 1e-6
+    # every process reads the same budget clocks: the slowest wall clock, the CPU time of both
+    assert results[0]["wall"] == results[1]["wall"]
+    assert results[0]["cpu"] == results[1]["cpu"]
+    assert results[0]["cpu"] >= max(r["local_cpu"] for r in results) * 0.99
