@@ -95,3 +95,26 @@ def test_gradients_are_averaged_across_processes_and_clocks_agree(tmp_path, tiny
     assert results[0]["wall"] == results[1]["wall"]
     assert results[0]["cpu"] == results[1]["cpu"]
     assert results[0]["cpu"] >= max(r["local_cpu"] for r in results) * 0.99
+
+
+def test_processes_option_relaunches_as_one_data_parallel_run():
+    from spacy_giellm.cli.train import data_parallel_command
+
+    argv = ["train", "t.jsonl", "--processes", "2", "--batch-size", "8", "--processes=2", "--output", "o"]
+    command, env = data_parallel_command(argv, 2, threads=4)
+    tail = command[command.index("-m", 3):]
+    assert tail == ["-m", "spacy_giellm", "train", "t.jsonl", "--batch-size", "8", "--output", "o"]
+    assert command[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node" in command
+    assert command[command.index("--master-addr") + 1] == "127.0.0.1"
+    if "OMP_NUM_THREADS" not in os.environ:
+        assert env["OMP_NUM_THREADS"] == "2"
+
+
+def test_batch_size_that_does_not_split_over_the_processes_fails_early(tmp_path, monkeypatch):
+    from spacy_giellm.training.train import TrainConfig, train
+
+    data = tmp_path / "t.jsonl"
+    data.write_text(json.dumps({"task": "ner-ja", "input": "a", "output": "b"}) + "\n", encoding="utf8")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="batch_size 3 does not split over 2 processes"):
+        train(data, None, tmp_path / "out", TrainConfig(from_scratch=True, batch_size=3))

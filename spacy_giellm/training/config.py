@@ -54,6 +54,8 @@ class TrainConfig:
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
     warmup: float = 0.03
+    # sequences per optimizer step, split over the processes of a
+    # data-parallel run
     batch_size: int = 8
     eval_batch_size: int = 0  # 0: same as batch_size
     grad_accum: int = 1

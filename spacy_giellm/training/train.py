@@ -24,6 +24,7 @@ Multi-GPU: the same code under accelerate, e.g.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -214,6 +215,20 @@ def _version_args(training_args_cls: Any, checkpointing: bool) -> Dict[str, Any]
     return out
 
 
+def _world_size() -> int:
+    """Processes of this run (torchrun / accelerate set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _per_process(batch_size: int, field_name: str) -> int:
+    """A batch size means sequences per optimizer step, however many
+    processes share it, so that a run on more processes trains the same."""
+    world = _world_size()
+    if batch_size % world:
+        raise ValueError(f"{field_name} {batch_size} does not split over {world} processes (WORLD_SIZE)")
+    return batch_size // world
+
+
 def _checkpointing(cfg: TrainConfig, cuda: bool) -> bool:
     return cuda if cfg.gradient_checkpointing is None else bool(cfg.gradient_checkpointing)
 
@@ -226,8 +241,8 @@ def _training_args(cfg: TrainConfig, ckpt_dir: Path, has_dev: bool, cuda: bool, 
         # Without it accelerate does not set up several CPU processes
         # (torchrun) as one data-parallel run, and each trains alone.
         use_cpu=not cuda,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size or cfg.batch_size,
+        per_device_train_batch_size=_per_process(cfg.batch_size, "batch_size"),
+        per_device_eval_batch_size=_per_process(cfg.eval_batch_size or cfg.batch_size, "eval_batch_size"),
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -302,6 +317,7 @@ def train(
     # 1. Everything that can fail cheaply fails before a model is loaded.
     clock_named(cfg.time_clock)
     _check_precision(cfg.precision)
+    _per_process(cfg.batch_size, "batch_size")
     train_records, dev_records = _read_data(train_path, dev_path, cfg)
     tasks, task_origins = _task_definitions(train_path, dev_path, train_records, cfg)
     if not cfg.from_scratch:
