@@ -97,17 +97,38 @@ def test_gradients_are_averaged_across_processes_and_clocks_agree(tmp_path, tiny
     assert results[0]["cpu"] >= max(r["local_cpu"] for r in results) * 0.99
 
 
-def test_processes_option_relaunches_as_one_data_parallel_run():
-    from spacy_giellm.cli.train import data_parallel_command
+def test_processes_option_runs_one_data_parallel_run(tmp_path):
+    """`train --processes 2`: two processes that meet through a file and
+    stop together on a CPU-time budget, one manifest from the first."""
+    from spacy_giellm.training.parallel import run_data_parallel, without_option
 
-    argv = ["train", "t.jsonl", "--processes", "2", "--batch-size", "8", "--processes=2", "--output", "o"]
-    command, env = data_parallel_command(argv, 2, threads=4)
-    tail = command[command.index("-m", 3):]
-    assert tail == ["-m", "spacy_giellm", "train", "t.jsonl", "--batch-size", "8", "--output", "o"]
-    assert command[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node" in command
-    assert command[command.index("--master-addr") + 1] == "127.0.0.1"
-    if "OMP_NUM_THREADS" not in os.environ:
-        assert env["OMP_NUM_THREADS"] == "2"
+    assert without_option(["train", "a", "--processes", "2", "--processes=2", "-o", "x"], "--processes") == [
+        "train", "a", "-o", "x"
+    ]
+    sample = Path(__file__).parent.parent / "assets" / "tcree-sample.jsonl"
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(
+        json.dumps(dict(json.loads(line), task="tcree"), ensure_ascii=False) + "\n"
+        for line in sample.read_text(encoding="utf8").splitlines() if line.strip()
+    ), encoding="utf8")
+    out = tmp_path / "run"
+    argv = ["train", str(data), "--output", str(out), "--from-scratch", "--max-steps", "1000", "--max-time", "4",
+            "--time-clock", "cpu", "--batch-size", "4", "--eval-steps", "10000", "--patience", "0",
+            "--vocab-size", "300", "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2",
+            "--intermediate-size", "64"]
+    env_before = dict(os.environ)
+    os.environ["PYTHONPATH"] = str(Path(__file__).parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    try:
+        assert run_data_parallel(argv, 2, threads=2) == 0
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["world_size"] == 2
+    # the budget is the CPU time of both processes together
+    assert 1 <= manifest["steps"] < 1000 and manifest["train_cpu_seconds_this_run"] >= 4
+    # a process that fails stops the run with its exit code
+    assert run_data_parallel(["train", str(tmp_path / "missing.jsonl")], 2, threads=2) == 1
 
 
 def test_batch_size_that_does_not_split_over_the_processes_fails_early(tmp_path, monkeypatch):

@@ -1,9 +1,8 @@
 """The `train` command: fine-tune (LoRA or full) or train a tiny model from scratch."""
 import os
-import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 import typer
 
@@ -12,43 +11,6 @@ from ._util import app, fail_cleanly
 
 def _csv(value: Optional[str]) -> List[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
-def _without_option(argv: List[str], name: str) -> List[str]:
-    """`argv` without `name VALUE` / `name=VALUE`."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == name:
-            skip = True
-        elif not arg.startswith(name + "="):
-            out.append(arg)
-    return out
-
-
-def data_parallel_command(argv: List[str], processes: int, threads: int) -> Tuple[List[str], Dict[str, str]]:
-    """The command and environment that run `spacy_giellm <argv>` as one
-    data-parallel run of `processes` processes on this machine (torchrun,
-    rendezvous and gloo on the loopback interface), each with its share of
-    the `threads` cores."""
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(processes),
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-        "-m", "spacy_giellm", *_without_option(argv, "--processes"),
-    ]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, threads // processes)))
-    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    return command, env
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @app.command("train")
@@ -76,7 +38,7 @@ def train_cli(
     processes: int = typer.Option(
         1, "--processes",
         help="Train data-parallel in this many processes on this machine, each with its share of the cores "
-        "(torchrun; on a CPU, torch's threads scale poorly at these sizes: measured in the README)",
+        "(on a CPU, torch's threads scale poorly at these sizes: measured in the README)",
     ),
     epochs: float = typer.Option(3.0, "--epochs"),
     max_steps: int = typer.Option(-1, "--max-steps", help="Overrides --epochs when > 0"),
@@ -107,8 +69,9 @@ def train_cli(
         if batch_size % processes:
             typer.echo(f"error: --batch-size {batch_size} does not split over --processes {processes}", err=True)
             raise typer.Exit(1)
-        command, env = data_parallel_command(sys.argv[1:], processes, os.cpu_count() or 1)
-        raise typer.Exit(subprocess.run(command, env=env).returncode)
+        from ..training.parallel import run_data_parallel, without_option
+
+        raise typer.Exit(run_data_parallel(without_option(sys.argv[1:], "--processes"), processes, os.cpu_count() or 1))
     with fail_cleanly():
         from ..training.train import TinyModelConfig, TrainConfig, train
 

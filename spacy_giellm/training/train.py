@@ -39,6 +39,7 @@ from .config import PRECISIONS, TinyModelConfig, TrainConfig
 from .data import PadCollator, TrainingDataError, read_records, tokenize_records
 from .loss import output_token_trainer
 from .model_tasks import write_model_tasks
+from .parallel import join_process_group
 from .scratch import build_scratch_base
 
 logger = logging.getLogger(__name__)
@@ -324,6 +325,7 @@ def train(
         base = resolve_base_model(cfg.base_model)
 
     # 2. The base model and the data.
+    join_process_group()
     import torch
     from transformers import TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint

@@ -1,0 +1,83 @@
+"""Data-parallel training on one machine without torchrun.
+
+On a CPU, torch's threads scale poorly at the sizes a LoRA step has (two
+threads give a tenth more than one here; see the README), while two
+processes with one thread each, averaging gradients, come close to twice.
+`run_data_parallel` starts the processes itself: each is `python -m
+spacy_giellm <argv>` with RANK / WORLD_SIZE set, and they meet through a
+file (`join_process_group`), so no TCP store listens on any interface; gloo
+connects them over the loopback interface. If one fails, the others are
+stopped, since they would wait for it forever.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import List
+
+RENDEZVOUS_ENV = "SPACY_GIELLM_RENDEZVOUS"
+
+
+def without_option(argv: List[str], name: str) -> List[str]:
+    """`argv` without `name VALUE` / `name=VALUE`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
+def run_data_parallel(argv: List[str], processes: int, threads: int) -> int:
+    """Run `python -m spacy_giellm <argv>` as one data-parallel run of
+    `processes` processes, each with its share of `threads` cores; the
+    exit code of the first process that fails, else 0."""
+    with tempfile.TemporaryDirectory(prefix="giellm-rendezvous-") as tmp:
+        base_env = dict(os.environ)
+        base_env.setdefault("OMP_NUM_THREADS", str(max(1, threads // processes)))
+        base_env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        base_env[RENDEZVOUS_ENV] = os.path.join(tmp, "rendezvous")
+        procs = []
+        for rank in range(processes):
+            env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
+                       LOCAL_WORLD_SIZE=str(processes))
+            procs.append(subprocess.Popen([sys.executable, "-m", "spacy_giellm", *argv], env=env))
+        try:
+            while True:
+                codes = [p.poll() for p in procs]
+                failed = [c for c in codes if c not in (None, 0)]
+                if failed:
+                    return failed[0]
+                if all(c == 0 for c in codes):
+                    return 0
+                time.sleep(0.2)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def join_process_group() -> None:
+    """In a process `run_data_parallel` started: join the others (gloo,
+    through the rendezvous file) before transformers sets up the run, which
+    then uses this group. Elsewhere (one process, torchrun, accelerate):
+    nothing."""
+    path = os.environ.get(RENDEZVOUS_ENV)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not path or world < 2:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method=f"file://{path}", rank=int(os.environ["RANK"]), world_size=world)
