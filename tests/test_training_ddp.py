@@ -97,38 +97,54 @@ def test_gradients_are_averaged_across_processes_and_clocks_agree(tmp_path, tiny
     assert results[0]["cpu"] >= max(r["local_cpu"] for r in results) * 0.99
 
 
+def _run(argv, processes):
+    from spacy_giellm.training.parallel import run_data_parallel
+
+    env_before = dict(os.environ)
+    os.environ["PYTHONPATH"] = str(Path(__file__).parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    try:
+        return run_data_parallel(argv, processes, threads=2)
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+
+
+TINY_ARGS = ["--from-scratch", "--eval-steps", "10000", "--patience", "0", "--vocab-size", "300", "--hidden-size", "32",
+             "--num-layers", "1", "--num-heads", "2", "--intermediate-size", "64", "--batch-size", "4"]
+
+
 def test_processes_option_runs_one_data_parallel_run(tmp_path):
-    """`train --processes 2`: two processes that meet through a file and
-    stop together on a CPU-time budget, one manifest from the first."""
-    from spacy_giellm.training.parallel import run_data_parallel, without_option
+    """`train --processes 2`: two processes that meet through a file, train
+    as one process would (same loss on the same batches), stop together on a
+    CPU-time budget, and write one manifest."""
+    from spacy_giellm.training.parallel import without_option
 
     assert without_option(["train", "a", "--processes", "2", "--processes=2", "-o", "x"], "--processes") == [
         "train", "a", "-o", "x"
     ]
     sample = Path(__file__).parent.parent / "assets" / "tcree-sample.jsonl"
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(
-        json.dumps(dict(json.loads(line), task="tcree"), ensure_ascii=False) + "\n"
-        for line in sample.read_text(encoding="utf8").splitlines() if line.strip()
-    ), encoding="utf8")
-    out = tmp_path / "run"
-    argv = ["train", str(data), "--output", str(out), "--from-scratch", "--max-steps", "1000", "--max-time", "4",
-            "--time-clock", "cpu", "--batch-size", "4", "--eval-steps", "10000", "--patience", "0",
-            "--vocab-size", "300", "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2",
-            "--intermediate-size", "64"]
-    env_before = dict(os.environ)
-    os.environ["PYTHONPATH"] = str(Path(__file__).parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    try:
-        assert run_data_parallel(argv, 2, threads=2) == 0
-    finally:
-        os.environ.clear()
-        os.environ.update(env_before)
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["world_size"] == 2
+    records = [dict(json.loads(line), task="tcree") for line in sample.read_text(encoding="utf8").splitlines() if line.strip()]
+    # one record, repeated: every batch is the same however it is split
+    same = tmp_path / "same.jsonl"
+    same.write_text((json.dumps(records[0], ensure_ascii=False) + "\n") * 16, encoding="utf8")
+    losses = {}
+    for processes in (1, 2):
+        out = tmp_path / f"same{processes}"
+        assert _run(["train", str(same), "--output", str(out), "--max-steps", "3", *TINY_ARGS], processes) == 0
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["world_size"] == processes
+        losses[processes] = manifest["train_loss"]
+    assert losses[2] == pytest.approx(losses[1], abs=1e-4)
     # the budget is the CPU time of both processes together
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf8")
+    out = tmp_path / "budget"
+    argv = ["train", str(data), "--output", str(out), "--max-steps", "1000", "--max-time", "4", "--time-clock", "cpu"]
+    assert _run(argv + TINY_ARGS, 2) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
     assert 1 <= manifest["steps"] < 1000 and manifest["train_cpu_seconds_this_run"] >= 4
     # a process that fails stops the run with its exit code
-    assert run_data_parallel(["train", str(tmp_path / "missing.jsonl")], 2, threads=2) == 1
+    assert _run(["train", str(tmp_path / "missing.jsonl")], 2) == 1
 
 
 def test_batch_size_that_does_not_split_over_the_processes_fails_early(tmp_path, monkeypatch):

@@ -83,6 +83,11 @@ def output_token_trainer(trainer_cls: Any) -> Any:
     class OutputTokenLossTrainer(trainer_cls):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = output_token_loss(model, inputs, num_items_in_batch)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                # num_items_in_batch counts the labelled tokens of every
+                # process, and data parallelism averages the gradients over
+                # the processes: scale back up, as Trainer.compute_loss does.
+                loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
             # Evaluation asks for outputs; there are no logits worth returning.
             return (loss, {"loss": loss}) if return_outputs else loss
 

@@ -45,8 +45,10 @@ def run_data_parallel(argv: List[str], processes: int, threads: int) -> int:
         base_env[RENDEZVOUS_ENV] = os.path.join(tmp, "rendezvous")
         procs = []
         for rank in range(processes):
-            env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
-                       LOCAL_WORLD_SIZE=str(processes))
+            env = dict(base_env)
+            if processes > 1:  # one process: a plain run, nothing to join
+                env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
+                           LOCAL_WORLD_SIZE=str(processes))
             procs.append(subprocess.Popen([sys.executable, "-m", "spacy_giellm", *argv], env=env))
         try:
             while True:
