@@ -10,7 +10,7 @@ at the positions whose *next* token is labelled, and only those rows go
 through the head and the cross entropy.
 
 The forward still goes through the model as given (asking it for the
-logits of the last position only), and the body's output is taken with a
+logits of no position), and the body's output is taken with a
 forward hook: a data-parallel wrapper (DistributedDataParallel, under
 torchrun or `accelerate launch`) only synchronises gradients of a forward
 that runs through it, and calling the body directly would bypass it. The result equals the model's own
@@ -45,6 +45,7 @@ def output_token_loss(model: Any, inputs: Dict[str, Any], num_items_in_batch: Op
     batch, as transformers' Trainer passes it) the summed loss is divided by
     it, as `ForCausalLMLoss` does; otherwise it is the mean over this batch.
     """
+    import torch
     import torch.nn.functional as F
     from torch import tanh
 
@@ -56,7 +57,12 @@ def output_token_loss(model: Any, inputs: Dict[str, Any], num_items_in_batch: Op
     captured: List[Any] = []
     hook = body.register_forward_hook(lambda _module, _args, output: captured.append(output.last_hidden_state))
     try:
-        model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False, logits_to_keep=1)
+        # logits for no position: the head is applied below, to the rows
+        # that need it (one position per sequence would still cost a slow
+        # small-batch bf16 product over the whole vocabulary on a CPU)
+        no_position = torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device)
+        model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False,
+              logits_to_keep=no_position)
     finally:
         hook.remove()
     if len(captured) != 1:

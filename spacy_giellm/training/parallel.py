@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List
+from contextlib import contextmanager
+from typing import Iterator, List
 
 RENDEZVOUS_ENV = "SPACY_GIELLM_RENDEZVOUS"
 
@@ -83,3 +84,17 @@ def join_process_group() -> None:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", init_method=f"file://{path}", rank=int(os.environ["RANK"]), world_size=world)
+
+
+@contextmanager
+def first_process_first() -> Iterator[None]:
+    """The block runs in the first process, then in the others (which then
+    find what it wrote, e.g. a cached base model); in one process, just runs."""
+    import torch.distributed as dist
+
+    joined = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if joined and dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if joined and dist.get_rank() == 0:
+        dist.barrier()

@@ -39,7 +39,7 @@ from .config import PRECISIONS, TinyModelConfig, TrainConfig
 from .data import PadCollator, TrainingDataError, read_records, tokenize_records
 from .loss import output_token_trainer
 from .model_tasks import write_model_tasks
-from .parallel import join_process_group
+from .parallel import first_process_first, join_process_group
 from .scratch import build_scratch_base
 
 logger = logging.getLogger(__name__)
@@ -321,11 +321,13 @@ def train(
     _per_process(cfg.batch_size, "batch_size")
     train_records, dev_records = _read_data(train_path, dev_path, cfg)
     tasks, task_origins = _task_definitions(train_path, dev_path, train_records, cfg)
+    join_process_group()
     if not cfg.from_scratch:
-        base = resolve_base_model(cfg.base_model)
+        # a GGUF base is dequantized into the cache once, by the first process
+        with first_process_first():
+            base = resolve_base_model(cfg.base_model)
 
     # 2. The base model and the data.
-    join_process_group()
     import torch
     from transformers import TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
