@@ -102,13 +102,13 @@ def test_stockmark_keeps_span_order(tmp_path):
 
 def test_sentiment_sample():
     anns, report = read_corpus("jrte-pn", SENTIMENT)
-    assert (report.read, report.out) == (60, 60)
+    assert (report.read, report.out) == (180, 180)
     assert {a.label for a in anns} == {"positive", "neutral", "negative"}
     assert anns[0].meta == {"id": "giellm0001", "split": "train"}
     assert all(a.task == "sentiment-ja" for a in anns)
     assert_round_trip(anns, get_task("sentiment-ja"))
     dev, report = read_corpus("jrte-pn", SENTIMENT, split="dev")
-    assert len(dev) == 12 and report.filtered == 48 and report.read == 60
+    assert len(dev) == 12 and report.filtered == 168 and report.read == 180
     assert all(a.meta["split"] == "dev" for a in dev)
 
 
