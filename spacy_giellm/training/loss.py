@@ -10,11 +10,11 @@ at the positions whose *next* token is labelled, and only those rows go
 through the head and the cross entropy.
 
 The forward still goes through the model as given (asking it for the
-logits of no position), and the body's output is taken with a
-forward hook: a data-parallel wrapper (DistributedDataParallel, under
-torchrun or `accelerate launch`) only synchronises gradients of a forward
-that runs through it, and calling the body directly would bypass it. The result equals the model's own
-loss (same shift, same -100 masking, same final-logit soft-capping, same
+logits of no position), and the body's output is taken with a forward
+hook: a data-parallel wrapper (DistributedDataParallel, under torchrun,
+`accelerate launch` or `train --processes`) only synchronises gradients of
+a forward that runs through it, and calling the body directly would bypass
+it. The result equals the model's own loss (same shift, same -100 masking, same final-logit soft-capping, same
 reduction); `tests/test_training.py` checks that to 1e-4 on tiny Llama and
 Gemma 3 models.
 """
