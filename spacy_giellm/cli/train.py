@@ -36,7 +36,7 @@ def train_cli(
         help="Recompute activations in the backward pass: less memory, more compute (default: on a GPU only)",
     ),
     processes: int = typer.Option(
-        1, "--processes",
+        1, "--processes", min=1,
         help="Train data-parallel in this many processes on this machine, each with its share of the cores "
         "(on a CPU, torch's threads scale poorly at these sizes: measured in the README)",
     ),
