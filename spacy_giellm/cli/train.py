@@ -66,11 +66,10 @@ def train_cli(
     the definitions of the tasks it is trained on (model/giellm_tasks.json,
     from TRAIN's sidecar, --task or the built-in tasks)."""
     if processes > 1 and "WORLD_SIZE" not in os.environ:
-        if batch_size % processes:
-            typer.echo(f"error: --batch-size {batch_size} does not split over --processes {processes}", err=True)
-            raise typer.Exit(1)
-        from ..training.parallel import run_data_parallel, without_option
+        from ..training.parallel import per_process, run_data_parallel, without_option
 
+        with fail_cleanly():
+            per_process(batch_size, processes, "--batch-size")
         raise typer.Exit(run_data_parallel(without_option(sys.argv[1:], "--processes"), processes, os.cpu_count() or 1))
     with fail_cleanly():
         from ..training.train import TinyModelConfig, TrainConfig, train

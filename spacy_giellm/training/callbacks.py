@@ -23,9 +23,9 @@ def clock_named(name: str) -> Clock:
 
 def run_clock(name: str) -> Clock:
     """The clock `name` as the whole run reads it. In a data-parallel run
-    (torchrun) every process must stop at the same step and set the same
-    learning rate, so each reading is agreed on: the slowest process's wall
-    clock, the sum of all processes' CPU time (the run's CPU budget). Each
+    (train --processes, torchrun) every process must stop at the same step
+    and set the same learning rate, so each reading is agreed on: the
+    slowest process's wall clock, the sum of all processes' CPU time (the run's CPU budget). Each
     reading is then a collective: every process reads at the same points
     (once per step, in the callback and the scheduler)."""
     local = clock_named(name)

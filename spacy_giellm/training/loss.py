@@ -14,9 +14,9 @@ logits of no position), and the body's output is taken with a forward
 hook: a data-parallel wrapper (DistributedDataParallel, under torchrun,
 `accelerate launch` or `train --processes`) only synchronises gradients of
 a forward that runs through it, and calling the body directly would bypass
-it. The result equals the model's own loss (same shift, same -100 masking, same final-logit soft-capping, same
-reduction); `tests/test_training.py` checks that to 1e-4 on tiny Llama and
-Gemma 3 models.
+it. The result equals the model's own loss (same shift, same -100 masking,
+same final-logit soft-capping, same reduction); `tests/test_training.py`
+checks that to 1e-4 on tiny Llama and Gemma 3 models.
 """
 from __future__ import annotations
 

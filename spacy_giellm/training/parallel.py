@@ -71,13 +71,27 @@ def run_data_parallel(argv: List[str], processes: int, threads: int) -> int:
                     p.kill()
 
 
+def world_size() -> int:
+    """Processes of this run (WORLD_SIZE, which run_data_parallel, torchrun
+    and accelerate set)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def per_process(batch_size: int, processes: int, name: str) -> int:
+    """A batch size means sequences per optimizer step, however many
+    processes share it, so that a run on more processes trains the same."""
+    if batch_size % processes:
+        raise ValueError(f"{name} {batch_size} does not split over {processes} processes")
+    return batch_size // processes
+
+
 def join_process_group() -> None:
     """In a process `run_data_parallel` started: join the others (gloo,
     through the rendezvous file) before transformers sets up the run, which
     then uses this group. Elsewhere (one process, torchrun, accelerate):
     nothing."""
     path = os.environ.get(RENDEZVOUS_ENV)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if not path or world < 2:
         return
     import torch.distributed as dist
@@ -87,14 +101,12 @@ def join_process_group() -> None:
 
 
 @contextmanager
-def first_process_first() -> Iterator[None]:
-    """The block runs in the first process, then in the others (which then
-    find what it wrote, e.g. a cached base model); in one process, just runs."""
-    import torch.distributed as dist
+def first_process_first(cpu: bool) -> Iterator[None]:
+    """The block runs in the first process of this machine, then in the
+    others (which then find what it wrote, e.g. a cached base model), under
+    any launcher; in one process, just runs. `cpu`: as TrainingArguments'
+    use_cpu, which shares this (accelerate) state."""
+    from accelerate import PartialState
 
-    joined = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if joined and dist.get_rank() != 0:
-        dist.barrier()
-    yield
-    if joined and dist.get_rank() == 0:
-        dist.barrier()
+    with PartialState(cpu=cpu).local_main_process_first():
+        yield

@@ -24,7 +24,6 @@ Multi-GPU: the same code under accelerate, e.g.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict
@@ -39,7 +38,7 @@ from .config import PRECISIONS, TinyModelConfig, TrainConfig
 from .data import PadCollator, TrainingDataError, read_records, tokenize_records
 from .loss import output_token_trainer
 from .model_tasks import write_model_tasks
-from .parallel import first_process_first, join_process_group
+from .parallel import first_process_first, join_process_group, per_process, world_size
 from .scratch import build_scratch_base
 
 logger = logging.getLogger(__name__)
@@ -216,20 +215,6 @@ def _version_args(training_args_cls: Any, checkpointing: bool) -> Dict[str, Any]
     return out
 
 
-def _world_size() -> int:
-    """Processes of this run (torchrun / accelerate set WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _per_process(batch_size: int, field_name: str) -> int:
-    """A batch size means sequences per optimizer step, however many
-    processes share it, so that a run on more processes trains the same."""
-    world = _world_size()
-    if batch_size % world:
-        raise ValueError(f"{field_name} {batch_size} does not split over {world} processes (WORLD_SIZE)")
-    return batch_size // world
-
-
 def _checkpointing(cfg: TrainConfig, cuda: bool) -> bool:
     return cuda if cfg.gradient_checkpointing is None else bool(cfg.gradient_checkpointing)
 
@@ -242,8 +227,8 @@ def _training_args(cfg: TrainConfig, ckpt_dir: Path, has_dev: bool, cuda: bool, 
         # Without it accelerate does not set up several CPU processes
         # (torchrun) as one data-parallel run, and each trains alone.
         use_cpu=not cuda,
-        per_device_train_batch_size=_per_process(cfg.batch_size, "batch_size"),
-        per_device_eval_batch_size=_per_process(cfg.eval_batch_size or cfg.batch_size, "eval_batch_size"),
+        per_device_train_batch_size=per_process(cfg.batch_size, world_size(), "batch_size"),
+        per_device_eval_batch_size=per_process(cfg.eval_batch_size or cfg.batch_size, world_size(), "eval_batch_size"),
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -318,30 +303,28 @@ def train(
     # 1. Everything that can fail cheaply fails before a model is loaded.
     clock_named(cfg.time_clock)
     _check_precision(cfg.precision)
-    _per_process(cfg.batch_size, "batch_size")
+    per_process(cfg.batch_size, world_size(), "batch_size")
     train_records, dev_records = _read_data(train_path, dev_path, cfg)
     tasks, task_origins = _task_definitions(train_path, dev_path, train_records, cfg)
+    import torch
+
+    cuda = torch.cuda.is_available()
     join_process_group()
     if not cfg.from_scratch:
         # a GGUF base is dequantized into the cache once, by the first process
-        with first_process_first():
+        with first_process_first(cpu=not cuda):
             base = resolve_base_model(cfg.base_model)
 
     # 2. The base model and the data.
-    import torch
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     set_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    cuda = torch.cuda.is_available()
     if cfg.from_scratch:
-        # its barrier makes the other processes of a multi-process run
-        # wait for the first to write the base
-        args_probe = TrainingArguments(output_dir=str(ckpt_dir), report_to="none", use_cpu=not cuda)
-        with args_probe.main_process_first(desc="build tiny base model"):
+        with first_process_first(cpu=not cuda):
             base = str(build_scratch_base(out, train_records, cfg, tasks))
     tokenizer = _load_tokenizer(base)
     train_data, dev_data = _tokenize(train_records, dev_records, tokenizer, cfg, train_path, dev_path)
