@@ -162,7 +162,7 @@ def test_token_walk_on_a_toy_vocab():
     task = get_task({"name": "t", "text_labels": ["a", "b"],
                      "word_levels": [{"kind": "entities", "instruction": "NER", "labels": ["X"]}]})
     vocab = _toy_vocab()
-    ta = TokenAutomaton(FormatAutomaton(task, "東京"), vocab, label_sequences=[[2], [3]])
+    ta = TokenAutomaton(FormatAutomaton(task, "東京"), vocab, opening_sequences=[[2], [3]])
     state = ta.start()
     ids, _ = ta.allowed(state)
     assert ids == [2, 3]  # only the labels' own tokens, not "<" + "a" + ">"
@@ -208,7 +208,7 @@ def test_gold_outputs_are_allowed_token_by_token(tiny_tokenizer):
     task = get_task("scnm")
     vocab = token_vocab_from_hf(tiny_tokenizer)
     constrainer = PromptConstrainer(task, vocab, lambda t: tiny_tokenizer(t, add_special_tokens=False)["input_ids"])
-    assert constrainer.label_sequences() == [[tiny_tokenizer.convert_tokens_to_ids(f"<{l}>")] for l in task.text_labels]
+    assert constrainer.opening_sequences() == [[tiny_tokenizer.convert_tokens_to_ids(f"<{l}>")] for l in task.text_labels]
     ann = Annotation(text=TEXT, task="scnm", label="社会",
                      entities=[Mention("人名", "松友美佐紀"), Mention("地名", "日本")])
     ta = constrainer(build_input(TEXT, task))
@@ -259,7 +259,7 @@ def test_label_stage_follows_the_trained_tokenization_across_the_closing_bracket
     vocab = TokenVocab([None, None, b"<a>", b"NER", b"<b", b">NER", b"<", b"b", b">"], eos_ids=[1])
     pieces = {"<a>NER": [2, 3], "<b>NER": [4, 5]}
     constrainer = PromptConstrainer(task, vocab, lambda text: pieces[text])
-    assert constrainer.label_sequences() == [[2], [4]]
+    assert constrainer.opening_sequences() == [[2], [4]]
     ta = constrainer(build_input("東京", task))
     start = ta.start()
     assert ta.allowed(start)[0] == [2, 4]  # not "<" then "b"

@@ -261,8 +261,9 @@ def test_drafts_never_change_the_greedy_output(tiny_gguf, constrained_):
         def run(draft, parallel):
             decodes.clear()
             type(engine)._decode = lambda self, items: (decodes.append(len(items)), real_decode(self, items))[1]
+            pick, jump = backend._picker(prompts)  # drafts after jumped-over tokens too
             try:
-                return engine.generate(tokens, 16, eog, backend._picker(prompts), parallel=parallel, draft=draft)[0]
+                return engine.generate(tokens, 16, eog, pick, parallel=parallel, draft=draft, jump=jump)[0]
             finally:
                 type(engine)._decode = real_decode
 
@@ -280,6 +281,76 @@ def test_drafts_never_change_the_greedy_output(tiny_gguf, constrained_):
         assert backend.generate_ids(prompts) == plain
     finally:
         backend.close()
+
+
+# Openings of several tokens in the tiny tokenizer (its scnm labels and IW
+# are single tokens): labels that share "<", an IW of Japanese characters;
+# and a task without text labels, whose output opens with the IW alone.
+_WORDS = [{"kind": "entities", "instruction": "固有表現の抽出", "labels": ["人名", "地名"]}]
+TL_TASK = {"name": "tl", "text_labels": ["良い", "悪い"], "word_levels": _WORDS}
+IW_TASK = {"name": "iw-only", "word_levels": _WORDS}
+
+
+@pytest.mark.parametrize("task", [TL_TASK, IW_TASK], ids=["text-labels", "iw-only"])
+def test_jump_forward_gives_the_constrained_greedy_output(tiny_gguf, task):
+    """Forced tokens (the opening's, once only one sequence is left) are
+    appended without logits, with the prompt or in the next step's batch:
+    the outputs are those of constrained greedy decoding token by token,
+    at every length limit, context size and parallelism, in fewer rows of
+    logits."""
+    from spacy_giellm.backends.llamacpp import make_llamacpp_backend
+
+    prompts = [build_input(t, get_task(task)) for t in TEXTS]
+    for n_ctx, max_new in ((256, 24), (256, 1), (256, 2), (256, 3), (72, 24)):
+        backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=n_ctx, max_new_tokens=max_new, n_threads=1,
+                                        task=task, constrained=True).load()
+        try:
+            engine = backend._engine(4)
+            rows = []
+            real_decode = type(engine)._decode
+
+            def counting(self, items):
+                rows.append(sum(1 for item in items if item[3]))
+                return real_decode(self, items)
+
+            type(engine)._decode = counting
+            try:
+                for parallel in (1, 4):
+                    backend.n_parallel = parallel
+                    backend.jump_forward = False
+                    rows.clear()
+                    plain = backend.generate_ids(prompts)
+                    plain_rows = sum(rows)
+                    backend.jump_forward = True
+                    rows.clear()
+                    backend.decoding_stats(reset=True)
+                    jumped = backend.generate_ids(prompts)
+                    assert jumped == plain, (n_ctx, max_new, parallel)
+                    forced = backend.decoding_stats()["jumped"]
+                    assert forced > 0
+                    assert sum(rows) == plain_rows - forced  # no logits for a forced token
+            finally:
+                type(engine)._decode = real_decode
+        finally:
+            backend.close()
+    assert any(len(out) > 3 for out in plain)  # the outputs went past the opening
+
+
+def test_forced_tokens_follow_the_only_opening_left():
+    task = get_task({"name": "t", "text_labels": ["a", "b"],
+                     "word_levels": [{"kind": "entities", "instruction": "NER", "labels": ["X"]}]})
+    from spacy_giellm.constraints import TokenAutomaton, TokenVocab
+
+    vocab = TokenVocab([None, None, b"<a", b"<b", b">", b"N", b"E", b"R", b":"], eos_ids=[1])
+    ta = TokenAutomaton(FormatAutomaton(task, "東京"), vocab, opening_sequences=[[2, 4, 5, 6], [3, 4, 5, 6]])
+    start = ta.start()
+    assert ta.forced(start, 10) == ([], start)  # two labels: a choice, not forced
+    after_b = ta.advance(start, 3)
+    tokens, state = ta.forced(after_b, 10)
+    assert tokens == [4, 5, 6]  # ">", "N", "E": the rest of the opening; "R" is free (it may merge)
+    assert state == ta.advance(ta.advance(ta.advance(after_b, 4), 5), 6)
+    assert ta.forced(state, 10) == ([], state)
+    assert ta.forced(after_b, 2)[0] == [4, 5]  # at most
 
 
 def test_prompt_lookup_drafts_what_followed_the_match():

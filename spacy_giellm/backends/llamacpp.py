@@ -16,7 +16,10 @@ as separate sequences of one batch, in a KV cache of `n_ctx` cells shared by
 all of them (a prompt is admitted while prompt + max_new_tokens fits). The
 `Llama` object's own context is only used for tokenizing, so it is kept small.
 With `constrained = true` the argmax is taken over the tokens that keep to
-the task's output format for that prompt's text (`constraints`).
+the task's output format for that prompt's text (`constraints`), and
+(`jump_forward = true`, the default) the tokens the format forces (the
+Instruction Word, the rest of a text label) are appended without a decoding
+step each (`SequenceBatcher.generate(jump=...)`).
 
 The prompt is tokenized like transformers does it: BOS added if the GGUF says
 so (`tokenizer.ggml.add_bos_token`, copied from the HF tokenizer by the
@@ -104,6 +107,7 @@ class LlamaCppBackend(LocalModelBackend):
         constrained: bool = False,
         task: Optional[Any] = None,
         prompt_lookup: int = 0,
+        jump_forward: bool = True,
     ) -> None:
         if not model_path:
             raise ValueError("giellm.LlamaCpp.v1: 'model_path' must be the path of a .gguf file")
@@ -126,7 +130,8 @@ class LlamaCppBackend(LocalModelBackend):
         if prompt_lookup < 0:
             raise ValueError(f"{self.backend_name}: prompt_lookup must be >= 0, got {prompt_lookup}")
         self.prompt_lookup = prompt_lookup
-        self._stats: Dict[str, int] = {"steps": 0, "drafted": 0, "kept": 0}
+        self.jump_forward = bool(jump_forward)
+        self._stats: Dict[str, int] = {"steps": 0, "drafted": 0, "kept": 0, "jumped": 0}
         self._engine_: Any = None
         self._init_task(constrained, task)
 
@@ -302,16 +307,22 @@ class LlamaCppBackend(LocalModelBackend):
         return self._engine(max(per, min(self.n_parallel * per, _max_sequences())))
 
     def _picker(self, prompts: Sequence[str]):
-        """pick(k, logits) -> the greedy next token of prompt k."""
+        """(pick, jump): pick(k, logits) -> the greedy next token of prompt k;
+        jump(k, at_most) -> the tokens its constraint forces next (None when
+        unconstrained: then nothing is forced)."""
         import numpy as np
 
         from ..constraints import TOP_K
 
         if not self.constrained:
-            return lambda k, logits: int(np.argmax(logits))
+            return (lambda k, logits: int(np.argmax(logits))), None
         constrainer = self._prompt_constrainer()
         automata = [constrainer(p) for p in prompts]
         states = [a.start() for a in automata]
+
+        def jump(k: int, at_most: int) -> List[int]:
+            tokens, states[k] = automata[k].forced(states[k], at_most)
+            return tokens
 
         def pick(k: int, logits) -> int:
             automaton, state = automata[k], states[k]
@@ -332,7 +343,7 @@ class LlamaCppBackend(LocalModelBackend):
             states[k] = automaton.advance(state, token)
             return token
 
-        return pick
+        return pick, (jump if self.jump_forward else None)
 
     def _prompt_ids(self, prompts: Sequence[str]) -> List[List[int]]:
         tokens = []
@@ -357,15 +368,16 @@ class LlamaCppBackend(LocalModelBackend):
         tokens = self._prompt_ids(prompts)
         engine = self._engine_for(cand_ids or [])
         draft = PromptLookup(tokens, self.prompt_lookup) if self.prompt_lookup else None
-        return engine.generate(tokens, self.max_new_tokens, self._eog.__contains__, self._picker(prompts),
-                               parallel=self.n_parallel, candidates=cand_ids, draft=draft, stats=self._stats)
+        pick, jump = self._picker(prompts)
+        return engine.generate(tokens, self.max_new_tokens, self._eog.__contains__, pick, parallel=self.n_parallel,
+                               candidates=cand_ids, draft=draft, stats=self._stats, jump=jump)
 
     def decoding_stats(self, reset: bool = False) -> Dict[str, int]:
         """Sequence steps decoded, tokens drafted and drafted tokens kept
         since the last reset."""
         stats = dict(self._stats)
         if reset:
-            self._stats.update(steps=0, drafted=0, kept=0)
+            self._stats.update(steps=0, drafted=0, kept=0, jumped=0)
         return stats
 
     def generate_ids(self, prompts: Sequence[str]) -> List[List[int]]:

@@ -21,6 +21,15 @@ the logits that also pick the first generated token, a longer candidate's
 later tokens in a copy of the prompt's KV cells (`llama_memory_seq_cp`).
 `score` is that without generating.
 
+Jump-forward (`generate(jump=...)`): where the constraint leaves one
+continuation (`TokenAutomaton.forced`: the Instruction Word, the rest of a
+text label once its first tokens decide it), those tokens are appended
+without being generated: fed after the prompt in its prefill, or in the
+same batch as the token before them, with no logits asked for but at the
+last one. Greedy picking under the constraint would choose them anyway, so
+the output is the same; they cost a pass of the body, not a decoding step
+with a row of the output head each.
+
 Drafts (`generate(draft=...)`, e.g. prompt lookup) are verified in the same
 batch as the other sequences' steps: a drafted token is kept only where it is
 the token greedy picking chooses at its position, so the output is the greedy
@@ -38,6 +47,9 @@ __all__ = ["SequenceBatcher"]
 Picker = Callable[[int, Any], int]
 # draft(prompt index, tokens generated so far) -> proposed next tokens
 Drafter = Callable[[int, List[int]], Sequence[int]]
+# jump(prompt index, at most) -> the tokens that must come next (the picker's
+# constraint state moves past them)
+Jumper = Callable[[int, int], List[int]]
 
 
 def _log_softmax_rows(logits, tokens: Sequence[int]) -> List[float]:
@@ -155,6 +167,7 @@ class SequenceBatcher:
         candidates: Optional[Sequence[Sequence[int]]] = None,
         draft: Optional[Drafter] = None,
         stats: Optional[Dict[str, int]] = None,
+        jump: Optional[Jumper] = None,
     ) -> Tuple[List[List[int]], Optional[List[List[float]]]]:
         """Greedy new tokens per prompt (ending token excluded), and with
         `candidates` each candidate's summed log-probability after the prompt.
@@ -174,7 +187,12 @@ class SequenceBatcher:
         as each is the token `pick` chooses at its position, so the output
         is the greedy output (up to float rounding), in fewer decoding steps
         where drafts are right (rejected tokens' cells are removed). `stats` (if given) counts
-        sequence steps, drafted and kept tokens."""
+        sequence steps, drafted and kept tokens, and tokens jumped over.
+
+        `jump(k, at_most)` gives the tokens that must follow prompt k's
+        output so far (see the module docstring); they are appended without
+        logits. Without candidates, the ones that open the output are fed
+        with the prompt."""
         cand = [list(c) for c in candidates] if candidates is not None else None
         multi = [c for c, ids in enumerate(cand or ()) if len(ids) > 1]
         if cand is not None and any(not c for c in cand):
@@ -213,8 +231,22 @@ class SequenceBatcher:
                     raise ValueError(f"prompt of {len(prompts[k])} tokens does not fit n_ctx={self.n_ctx}")
                 reserved[seq] = need
                 budget_left -= need
-                admitted[seq] = prompts[k]
-                active[seq] = (k, len(prompts[k]))
+                # the tokens that must open the output, fed with the prompt
+                # (with candidates, the prompt's own last logits score them)
+                limit = min(self.n_ctx, len(prompts[k]) + need)
+                opening = jump(k, min(max_new_tokens, limit - len(prompts[k]))) if jump and cand is None else []
+                results[k].extend(opening)
+                if stats is not None:
+                    stats["jumped"] += len(opening)
+                end = len(prompts[k]) + len(opening)
+                if opening and (len(opening) >= max_new_tokens or end >= limit):
+                    # as greedy: the opening already fills the output
+                    reserved.pop(seq)
+                    budget_left += need
+                    free_seqs.append(seq)
+                    continue
+                admitted[seq] = list(prompts[k]) + opening
+                active[seq] = (k, end)
 
             def first(seq: int, logits) -> None:
                 k = active[seq][0]
@@ -235,23 +267,36 @@ class SequenceBatcher:
                 if not done:
                     results[k].append(token)
                     done = len(results[k]) >= max_new_tokens or pos + 1 >= self.n_ctx or pos + 1 >= len(prompts[k]) + reserved[seq]
+                forced: List[int] = []
+                if not done and jump is not None:
+                    # as greedy would append them one by one: up to the
+                    # output's length and the last cell the sequence may fill
+                    limit = min(self.n_ctx, len(prompts[k]) + reserved[seq])
+                    forced = jump(k, min(max_new_tokens - len(results[k]), limit - 1 - pos, self.n_batch - 1))
+                    results[k].extend(forced)
+                    if stats is not None:
+                        stats["jumped"] += len(forced)
+                    done = len(results[k]) >= max_new_tokens or pos + len(forced) + 1 >= limit
                 if done:
                     del active[seq]
                     self._llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
                     budget_left += reserved.pop(seq)
                     free_seqs.append(seq)
                     continue
+                last = pos + len(forced)  # the position whose logits pick the next token
                 proposal: List[int] = []
                 if draft is not None:
                     # drafts end one short of every limit: the token after them must still fit
-                    room = min(max_new_tokens - len(results[k]), len(prompts[k]) + reserved[seq] - pos, self.n_ctx - pos) - 2
+                    room = min(max_new_tokens - len(results[k]), len(prompts[k]) + reserved[seq] - last, self.n_ctx - last) - 2
                     proposal = list(draft(k, results[k]))[: max(0, room)]
-                    proposal = proposal[: self.n_batch - 1]
-                if len(step) + 1 + len(proposal) > self.n_batch:
+                    proposal = proposal[: self.n_batch - 1 - len(forced)]
+                if len(step) + 1 + len(forced) + len(proposal) > self.n_batch:
                     self._verify(step, plans, active, next_token, pick, is_end, results, stats)
-                plans.append((seq, len(step), proposal))
-                step.append((token, pos, (seq,), True))
-                step.extend((t, pos + 1 + j, (seq,), True) for j, t in enumerate(proposal))
+                step.append((token, pos, (seq,), not forced))
+                step.extend((t, pos + 1 + j, (seq,), j == len(forced) - 1) for j, t in enumerate(forced))
+                active[seq] = (k, last)
+                plans.append((seq, len(step) - 1, proposal))
+                step.extend((t, last + 1 + j, (seq,), True) for j, t in enumerate(proposal))
             if step:
                 self._verify(step, plans, active, next_token, pick, is_end, results, stats)
         return results, scores

@@ -318,16 +318,36 @@ class _Run:
         """Constrained vs unconstrained: speed and output quality."""
         backend = self.backend
         q_free = quality(self.task, self.records, self.outputs, self.scores)
+        jumps = hasattr(backend, "jump_forward")  # llama.cpp: constrained with / without jump-forward
+        out: Dict[str, Any] = {}
         backend.constrained = True
         try:
-            t_con, con_outputs = self.best(self.generate)
+            if jumps:
+                saved = backend.jump_forward
+                backend.jump_forward = False
+                try:
+                    t_step, step_outputs = self.best(self.generate)
+                finally:
+                    backend.jump_forward = True
+                backend.decoding_stats(reset=True)
+                t_con, con_outputs = self.best(self.generate)
+                jumped = backend.decoding_stats()["jumped"]
+                backend.jump_forward = saved
+                out.update({
+                    "constrained_no_jump_docs_per_s": len(self.texts) / t_step,
+                    "jump_forward_speedup": t_step / t_con,
+                    "jumped_tokens_per_doc": jumped / (max(1, self.cfg.repeat) * len(self.texts)),
+                    "jump_forward_outputs_equal": float(step_outputs == con_outputs),
+                })
+            else:
+                t_con, con_outputs = self.best(self.generate)
         finally:
             backend.constrained = False
         q_con = quality(self.task, self.records, con_outputs, self.scores)
-        out: Dict[str, Any] = {
+        out.update({
             "constrained_docs_per_s": len(self.texts) / t_con,
             "constrained_speed_ratio": self.t_gen / t_con,
-        }
+        })
         for key in ("malformed_rate", "label_argmax_agreement", "entity_f1"):
             out[f"{key}_unconstrained"] = q_free[key]
             out[f"{key}_constrained"] = q_con[key]

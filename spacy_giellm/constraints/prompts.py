@@ -26,10 +26,10 @@ class PromptConstrainer:
     """Prompts of one task -> token automata for one vocabulary (cached per prompt).
 
     `tokenize(text)` (no special tokens, as training tokenizes outputs) gives
-    the text label's own tokens: the tokens of `<label>` + separator + IW,
-    all but the last one (which may merge with what follows), so a label
-    is generated the way training wrote it even where a token crosses its
-    closing `>`."""
+    the opening's own tokens: the tokens of `<label>` + separator + IW (or
+    of the IW alone, for a task without text labels), all but the last one
+    (which may merge with what follows), so the opening is generated the way
+    training wrote it even where a token crosses the label's closing `>`."""
 
     def __init__(self, task: Union[Task, str], vocab: TokenVocab,
                  tokenize: Optional[Any] = None, cache_size: int = 1024) -> None:
@@ -38,20 +38,23 @@ class PromptConstrainer:
         self.tokenize = tokenize
         self.cache_size = cache_size
         self._cache: "OrderedDict[str, TokenAutomaton]" = OrderedDict()
-        self._labels: Dict[Optional[str], List[List[int]]] = {}
+        self._openings: Dict[Optional[str], List[List[int]]] = {}
 
-    def label_sequences(self, instruction: Optional[str] = None) -> List[List[int]]:
-        found = self._labels.get(instruction)
+    def opening_sequences(self, instruction: Optional[str] = None) -> List[List[int]]:
+        found = self._openings.get(instruction)
         if found is None:
             found = []
-            if self.tokenize is not None and self.task.text_labels:
+            if self.tokenize is not None:
                 iw = self.task.instruction_for(instruction)
-                for label in self.task.text_labels:
-                    ids = list(self.tokenize(label_marker(label) + (self.task.separator + iw if iw else "")))
-                    found.append(ids[:-1] if iw else ids)
-                if not all(found):  # a label shares its only token with the IW: no label stage
+                if self.task.text_labels:
+                    for label in self.task.text_labels:
+                        ids = list(self.tokenize(label_marker(label) + (self.task.separator + iw if iw else "")))
+                        found.append(ids[:-1] if iw else ids)
+                elif iw:
+                    found.append(list(self.tokenize(iw))[:-1])
+                if not all(found):  # the opening's only token merges with what follows: no opening stage
                     found = []
-            self._labels[instruction] = found
+            self._openings[instruction] = found
         return found
 
     def __call__(self, prompt: str) -> TokenAutomaton:
@@ -61,7 +64,7 @@ class PromptConstrainer:
             return found
         text, instruction = split_prompt(self.task, prompt)
         automaton = TokenAutomaton(FormatAutomaton(self.task, text, instruction), self.vocab,
-                                   self.label_sequences(instruction))
+                                   self.opening_sequences(instruction))
         self._cache[prompt] = automaton
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

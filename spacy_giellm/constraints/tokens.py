@@ -2,10 +2,13 @@
 once per tokenizer, and the allowed tokens of each state (cached, so a state
 costs one trie walk however many sequences reach it).
 
-The text label is decoded in token space: only the label's own tokenization
-(the one training used) is allowed, not e.g. "<" followed by the label's
-characters. With single-token labels, the generated label is then the argmax
-of `label_scores`.
+The output's opening (the text label, then the Instruction Word) is decoded
+in token space: only its own tokenization (the one training used) is
+allowed, not e.g. "<" followed by the label's characters. With single-token
+labels, the generated label is then the argmax of `label_scores`. Where that
+tokenization leaves one choice (the IW after the label; the rest of a label
+once its first tokens decide it), the tokens are forced: `forced` gives them,
+so a decoder can append them without computing logits (jump-forward).
 """
 from __future__ import annotations
 
@@ -51,15 +54,16 @@ TokenState = Tuple[int, int]
 class TokenAutomaton:
     """A `FormatAutomaton` seen through one vocabulary.
 
-    `label_sequences` are the text labels' own token ids: while a text label
-    is due, only these sequences may be generated."""
+    `opening_sequences` are the token ids of the output's possible openings
+    (each text label with the Instruction Word, or the IW alone): at the
+    start, only these sequences may be generated."""
 
     def __init__(self, automaton: FormatAutomaton, vocab: TokenVocab,
-                 label_sequences: Sequence[Sequence[int]] = ()) -> None:
+                 opening_sequences: Sequence[Sequence[int]] = ()) -> None:
         self.automaton = automaton
         self.vocab = vocab
         self._trie: List[Dict[int, int]] = [{}]
-        for seq in label_sequences:
+        for seq in opening_sequences:
             if not seq or automaton.feed(automaton.start, b"".join(vocab.token_bytes[t] or b"\0" for t in seq)) < 0:
                 continue  # a tokenization the format does not accept
             node = 0
@@ -124,6 +128,25 @@ class TokenAutomaton:
             if self.advance(state, token) is not None:
                 return int(token)
         return None
+
+    def forced(self, state: TokenState, at_most: int) -> Tuple[List[int], TokenState]:
+        """The tokens that must follow `state` (at most `at_most`), and the
+        state after them: the opening's tokens while only one sequence is
+        left. Greedy decoding under the constraint picks exactly these, so
+        they need no logits. Past the opening nothing is forced here: every
+        state of the byte DFA has several tokenizations ahead."""
+        tokens: List[int] = []
+        while len(tokens) < at_most and state[1] >= 0:
+            children = self._trie[state[1]]
+            if len(children) != 1:
+                break
+            (token,) = children
+            after = self.advance(state, token)
+            if after is None:
+                break
+            tokens.append(token)
+            state = after
+        return tokens, state
 
     def _compute(self, state: TokenState) -> Tuple[List[int], Dict[int, TokenState]]:
         dfa, node = state
