@@ -323,6 +323,16 @@ def test_sample_mix():
     assert len(sample_mix(data, {"tcree": 1000}, allow_fewer=True)) == 180
     with pytest.raises(ValueError, match="unknown dataset"):
         sample_mix(data, {"scpos-n": 5})
+    # oversampling: every drawn record K times, the others once
+    over = sample_mix(data, {"scnm": 10}, seed=1, repeats={"tcree": 3})
+    assert len(over) == 10 + 50 + 90
+    assert all(over.count(x) == 3 for x in range(200, 230)) and all(over.count(x) == 1 for x in range(100, 150))
+    assert [x for x in over if x < 100] != sorted(x for x in over if x < 100)  # still shuffled
+    assert sorted(set(x for x in over if x < 100)) == sorted(x for x in mix if x < 100)  # the same draw
+    with pytest.raises(ValueError, match="'tcree': repeats must be a whole number >= 1, got 0"):
+        sample_mix(data, {}, repeats={"tcree": 0})
+    with pytest.raises(ValueError, match="unknown dataset"):
+        sample_mix(data, {}, repeats={"scpos-n": 2})
 
 
 def test_split_train_dev_test():

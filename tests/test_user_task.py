@@ -178,6 +178,21 @@ def test_mix_carries_the_task_definitions_into_each_split(converted, tmp_path):
     assert {a.task for a in anns} == {"ner-ja", "recipe-ner"}
 
 
+def test_mix_oversamples_the_training_part_only(converted, tmp_path):
+    ner = tmp_path / "ner.jsonl"
+    assert run("convert", "stockmark-ner", ASSETS / "stockmark-ner-sample.json", ner).exit_code == 0
+    once = run("mix", f"recipe={converted}", f"ner={ner}:40", "--output", tmp_path / "once", "--dev", "3", "--test", "3")
+    twice = run("mix", f"recipe={converted}", f"ner={ner}:40:x2", "--output", tmp_path / "twice", "--dev", "3",
+                "--test", "3")
+    assert once.exit_code == 0 and twice.exit_code == 0, twice.output
+    once_counts, twice_counts = json.loads(once.output), json.loads(twice.output)
+    assert twice_counts["train"]["ner-ja"] == 2 * once_counts["train"]["ner-ja"] == 80
+    assert twice_counts["train"]["recipe-ner"] == once_counts["train"]["recipe-ner"]
+    assert twice_counts["dev"] == once_counts["dev"] and twice_counts["test"] == once_counts["test"]
+    bad = run("mix", f"ner={ner}:x0", "--output", tmp_path / "bad")
+    assert bad.exit_code == 1 and "at least 1" in bad.output
+
+
 # --- the model carries its tasks -----------------------------------------------
 
 

@@ -23,15 +23,23 @@ def sample_mix(
     sizes: Mapping[str, Optional[int]],
     seed: int = 0,
     allow_fewer: bool = False,
+    repeats: Optional[Mapping[str, int]] = None,
 ) -> List[T]:
     """`sizes[name]` records drawn without replacement from each dataset,
     mixed in a seeded random order. A dataset without a size (or size None)
     is taken whole. Asking for more records than a dataset has is an error
-    unless `allow_fewer` (then the whole dataset is taken). The result
-    depends only on the data, the sizes and the seed, not on dict order."""
-    unknown = sorted(set(sizes) - set(datasets))
+    unless `allow_fewer` (then the whole dataset is taken). `repeats[name]`
+    (default 1) puts each drawn record in the mix that many times:
+    oversampling a small dataset so that training sees it as often as it
+    needs. The result depends only on the data, the sizes, the repeats and
+    the seed, not on dict order."""
+    repeats = dict(repeats or {})
+    unknown = sorted((set(sizes) | set(repeats)) - set(datasets))
     if unknown:
         raise ValueError(f"sizes for unknown dataset(s) {unknown}; datasets: {sorted(datasets)}")
+    for name, times in repeats.items():
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ValueError(f"dataset {name!r}: repeats must be a whole number >= 1, got {times!r}")
     mixed: List[T] = []
     for name in sorted(datasets):
         records = list(datasets[name])
@@ -48,7 +56,7 @@ def sample_mix(
                 )
             size = len(records)
         rng = random.Random(f"{seed}:{name}")
-        mixed.extend(rng.sample(records, size))
+        mixed.extend(rng.sample(records, size) * repeats.get(name, 1))
     random.Random(seed).shuffle(mixed)
     return mixed
 

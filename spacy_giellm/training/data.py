@@ -176,10 +176,12 @@ def split_and_mix(
     dev: Union[int, float] = 0.05,
     test: Union[int, float] = 0.1,
     seed: int = 0,
+    repeats: Optional[Dict[str, int]] = None,
 ) -> Dict[str, Any]:
     """Split each converted JSONL into train / dev / test, then mix the
     training parts with `sizes` records per dataset (None: all; fewer than
-    asked: all, reported). Records sharing a text (TCREE's relation and event
+    asked: all, reported), each `repeats` times (default 1; dev and test are
+    never repeated). Records sharing a text (TCREE's relation and event
     pairs) stay on the same side. Writes train/dev/test.jsonl to `out_dir`
     (records unchanged), each with the sidecar that defines its tasks (from
     the datasets' sidecars, else built-in), and returns the counts."""
@@ -207,7 +209,8 @@ def split_and_mix(
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "dev", "test"):
         if split == "train":
-            rows = sample_mix(parts[split], wanted, seed=seed, allow_fewer=True)
+            rows = sample_mix(parts[split], wanted, seed=seed, allow_fewer=True,
+                              repeats={k: v for k, v in (repeats or {}).items() if k in parts["train"]})
         else:
             rows = [r for name in sorted(parts[split]) for r in parts[split][name]]
         tasks, unknown = record_tasks(rows, resolver)
