@@ -21,14 +21,21 @@ def test_demo_workflow_runs_end_to_end(tmp_path, tiny_gemma_gguf):
     proc = subprocess.run(
         [sys.executable, "-m", "spacy", "project", "run", "demo", str(tmp_path),
          "--vars.demo_base_model", str(tiny_gemma_gguf), "--vars.demo_gguf_type", "f32",
-         "--vars.demo_max_new_tokens", "16", "--vars.demo_lora_r", "4", "--vars.demo_processes", "2"],
+         "--vars.demo_max_new_tokens", "16", "--vars.demo_lora_r", "4"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = json.loads((tmp_path / "training" / "demo" / "manifest.json").read_text())
     assert manifest["steps"] == 4 and manifest["kind"] == "lora-adapter"
-    # data-parallel (--vars.demo_processes 2), the first process filling the base-model cache
+    # data-parallel (demo_processes: 2), the first process filling the base-model cache
     assert manifest["world_size"] == 2
+    # the sentiment sentences oversampled (demo_sentiment_repeat: 4), the others once
+    from collections import Counter
+
+    with (tmp_path / "corpus" / "demo" / "train.jsonl").open(encoding="utf8") as f:
+        seen = Counter((r["task"], r["text"]) for r in map(json.loads, f))
+    assert {n for (task, _), n in seen.items() if task == "sentiment-ja"} == {4}
+    assert {n for (task, _), n in seen.items() if task == "ner-ja"} == {1}
     # the GGUF base was dequantized into the cache and trained on from there
     assert manifest["base_model_given"] == str(tiny_gemma_gguf)
     assert manifest["base_model"].startswith(str(tmp_path / "cache"))
