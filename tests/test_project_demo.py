@@ -29,12 +29,12 @@ def test_demo_workflow_runs_end_to_end(tmp_path, tiny_gemma_gguf):
     assert manifest["steps"] == 4 and manifest["kind"] == "lora-adapter"
     # data-parallel (demo_processes: 2), the first process filling the base-model cache
     assert manifest["world_size"] == 2
-    # the sentiment sentences oversampled (demo_sentiment_repeat: 4), the others once
+    # the sentiment sentences oversampled (demo_sentiment_repeat: 6), the others once
     from collections import Counter
 
     with (tmp_path / "corpus" / "demo" / "train.jsonl").open(encoding="utf8") as f:
         seen = Counter((r["task"], r["text"]) for r in map(json.loads, f))
-    assert {n for (task, _), n in seen.items() if task == "sentiment-ja"} == {4}
+    assert {n for (task, _), n in seen.items() if task == "sentiment-ja"} == {6}
     assert {n for (task, _), n in seen.items() if task == "ner-ja"} == {1}
     # the GGUF base was dequantized into the cache and trained on from there
     assert manifest["base_model_given"] == str(tiny_gemma_gguf)
