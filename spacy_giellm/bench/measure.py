@@ -324,15 +324,15 @@ class _Run:
         try:
             if jumps:
                 saved = backend.jump_forward
-                backend.jump_forward = False
                 try:
+                    backend.jump_forward = False
                     t_step, step_outputs = self.best(self.generate)
-                finally:
                     backend.jump_forward = True
-                backend.decoding_stats(reset=True)
-                t_con, con_outputs = self.best(self.generate)
-                jumped = backend.decoding_stats()["jumped"]
-                backend.jump_forward = saved
+                    backend.decoding_stats(reset=True)
+                    t_con, con_outputs = self.best(self.generate)
+                    jumped = backend.decoding_stats()["jumped"]
+                finally:
+                    backend.jump_forward = saved
                 out.update({
                     "constrained_no_jump_docs_per_s": len(self.texts) / t_step,
                     "jump_forward_speedup": t_step / t_con,
