@@ -36,7 +36,7 @@ def sample_mix(
     repeats = dict(repeats or {})
     unknown = sorted((set(sizes) | set(repeats)) - set(datasets))
     if unknown:
-        raise ValueError(f"sizes for unknown dataset(s) {unknown}; datasets: {sorted(datasets)}")
+        raise ValueError(f"sizes or repeats for unknown dataset(s) {unknown}; datasets: {sorted(datasets)}")
     for name, times in repeats.items():
         if isinstance(times, bool) or not isinstance(times, int) or times < 1:
             raise ValueError(f"dataset {name!r}: repeats must be a whole number >= 1, got {times!r}")

@@ -209,8 +209,7 @@ def split_and_mix(
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "dev", "test"):
         if split == "train":
-            rows = sample_mix(parts[split], wanted, seed=seed, allow_fewer=True,
-                              repeats={k: v for k, v in (repeats or {}).items() if k in parts["train"]})
+            rows = sample_mix(parts[split], wanted, seed=seed, allow_fewer=True, repeats=repeats)
         else:
             rows = [r for name in sorted(parts[split]) for r in parts[split][name]]
         tasks, unknown = record_tasks(rows, resolver)
