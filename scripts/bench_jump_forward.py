@@ -1,17 +1,17 @@
 """Free vs constrained (step by step) vs constrained with jump-forward decoding,
 in alternating rounds, through the llama.cpp backend as the component calls it.
 
-    python scripts/bench_jump_forward.py TEST.jsonl MODEL.gguf [MODEL2.gguf ...] [--n 100] [--rounds 3] [--task ner-ja]
+    python scripts/bench_jump_forward.py TEXTS MODEL.gguf [MODEL2.gguf ...] [--n 100] [--rounds 3] [--task ner-ja]
 
 Prints docs/s per round and mode, the ratios of the means, how many tokens
 jump-forward appended per doc, and how many outputs differ from step-by-step
 constrained decoding.
 """
 import argparse
-import json
 import time
 
 from spacy_giellm.backends.llamacpp import make_llamacpp_backend
+from spacy_giellm.bench import load_texts
 from spacy_giellm.bench.measure import generate_like_component
 from spacy_giellm.format import build_input
 from spacy_giellm.tasks import get_task
@@ -21,7 +21,7 @@ MODES = ("free", "step", "jump")
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("test")
+    parser.add_argument("test", help="texts as `bench --texts` reads them (.jsonl, .json, .txt)")
     parser.add_argument("models", nargs="+")
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
@@ -30,9 +30,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     task = get_task(args.task)
-    with open(args.test, encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f if line.strip()][: args.n]
-    prompts = [build_input(t, task) for t in texts]
+    prompts = [build_input(r["text"], task) for r in load_texts(args.test, args.n)]
     for path in args.models:
         backend = make_llamacpp_backend(model_path=path, n_ctx=2048, max_new_tokens=96, n_threads=args.threads,
                                         task=task)
