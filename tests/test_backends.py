@@ -402,6 +402,50 @@ def test_converter_source_restores_added_tokens(tiny_model_dir, tmp_path):
         assert same == Path(tiny_model_dir)
 
 
+def test_converter_fetched_once_from_the_sdist_without_building_its_build_deps(tmp_path, monkeypatch):
+    """The converter comes out of llama-cpp-python's sdist, fetched by pip once and cached.
+
+    pip must be told `--no-binary llama-cpp-python`, not `:all:`: the latter also
+    builds cmake and ninja from source to prepare the sdist's metadata (278 s
+    against 5 s on a 2-core machine). pip is faked here: no network in tests.
+    """
+    import io
+    import tarfile
+
+    from spacy_giellm.training import llama_cpp_converter as lcc
+
+    monkeypatch.setenv("SPACY_GIELLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SPACY_GIELLM_LLAMA_CPP_DIR", raising=False)
+    monkeypatch.setattr(lcc, "llama_cpp_version", lambda: "9.9.9")
+    calls = []
+
+    def fake_pip(cmd, **kwargs):
+        calls.append(cmd)
+        dest = Path(cmd[cmd.index("-d") + 1])
+        dest.mkdir(parents=True)
+        with tarfile.open(dest / "llama_cpp_python-9.9.9.tar.gz", "w:gz") as tar:
+            for name, body in {
+                "vendor/llama.cpp/convert_hf_to_gguf.py": b"# converter\n",
+                "vendor/llama.cpp/gguf-py/gguf/__init__.py": b"",
+                "vendor/llama.cpp/src/llama.cpp": b"// C++ source, not needed\n",
+            }.items():
+                info = tarfile.TarInfo(f"llama_cpp_python-9.9.9/{name}")
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(lcc.subprocess, "run", fake_pip)
+    found = lcc.find_converter()
+    assert found.read_text() == "# converter\n"
+    assert found.is_relative_to(tmp_path / "cache" / "llama-cpp-python-9.9.9")
+    assert (found.parent / "gguf-py" / "gguf" / "__init__.py").is_file()
+    assert not (found.parent / "src").exists()
+    (cmd,) = calls
+    assert cmd[cmd.index("--no-binary") + 1] == "llama-cpp-python"
+    assert ":all:" not in cmd and "llama-cpp-python==9.9.9" in cmd
+    assert lcc.find_converter() == found and len(calls) == 1  # cached: pip not run again
+
+
 # ------------------------------------------------------------------ quantize
 
 
