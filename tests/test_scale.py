@@ -361,3 +361,75 @@ def test_prompt_lookup_drafts_what_followed_the_match():
     assert lookup(0, [5, 6]) == [7, 8, 9]  # the longest match wins: (5, 6), not (6,)
     assert lookup(0, [42]) == []
     assert lookup(0, []) == []
+
+
+# Two instructions in one batch: the tiny tokenizer's single-token IW has
+# no forced opening, the other one several forced tokens.
+TWO_IW_TASK = {"name": "two-iw", "word_levels": [
+    {"kind": "entities", "instruction": "Named Entity Recognition", "labels": ["人名", "地名"]}, _WORDS[0]]}
+
+
+@pytest.mark.parametrize("task", ["scnm", TL_TASK, IW_TASK, TWO_IW_TASK],
+                         ids=["scnm", "text-labels", "iw-only", "two-instructions"])
+def test_hf_head_for_allowed_tokens_gives_the_masked_generate_output(tiny_model_dir, task, monkeypatch):
+    """transformers, constrained: the head applied to the allowed tokens only
+    (and forced tokens fed without a pick, with or after the prompt) picks
+    what `generate` with the masking processor over the full head picks, at
+    every length limit, in left-padded batches, and after a label-scoring
+    prefix pass; each step computes fewer head rows than the vocabulary."""
+    from spacy_giellm.backends import hf_decode
+    from spacy_giellm.backends.hf import make_hf_backend
+
+    instructions = get_task(task).instructions or (None,)
+    prompts = [build_input(t, get_task(task), instructions[k % len(instructions)]) for k, t in enumerate(TEXTS)]
+    backend = make_hf_backend(model=str(tiny_model_dir), device="cpu", batch_size=3, max_new_tokens=24,
+                              task=task, constrained=True).load()
+    vocab_size = backend.model.get_output_embeddings().weight.shape[0]
+    head_rows = []
+    real_head = hf_decode._head_logits
+
+    def counting(hidden, weight, bias, rows, softcap):
+        head_rows.append(vocab_size if rows is None else len(rows))
+        return real_head(hidden, weight, bias, rows, softcap)
+
+    monkeypatch.setattr(hf_decode, "_head_logits", counting)
+    for max_new in (1, 2, 3, 24):
+        backend.max_new_tokens = max_new
+        with monkeypatch.context() as m:
+            m.setattr(hf_decode, "body_and_head", lambda model: None)  # generate + HFConstraintProcessor
+            masked = backend.generate_ids(prompts)
+        assert not head_rows
+        for jump in (False, True):
+            backend.jump_forward = jump
+            backend.decoding_stats(reset=True)
+            assert backend.generate_ids(prompts) == masked, (max_new, jump)
+            jumped = backend.decoding_stats()["jumped"]
+            assert jumped > 0 if jump and task != "scnm" and max_new >= 3 else jumped == 0 or jump
+            if task is TWO_IW_TASK and jump:  # forced tokens for some rows of a batch, none for others
+                openings = [len(backend._prompt_constrainer().opening_sequences(iw)) for iw in instructions]
+                assert openings[0] == 0 < openings[1]
+        assert head_rows and max(head_rows) < vocab_size / 4
+        if get_task(task).text_labels:
+            candidates = [f"<{label}>" for label in get_task(task).text_labels]
+            outputs, _ = backend.generate_scored(prompts, candidates)
+            assert outputs == [backend.decode(ids) for ids in masked]
+        head_rows.clear()
+    assert any(len(out) > 3 for out in masked)  # the outputs went past the opening
+
+
+def test_hf_labels_of_any_characters_mask_the_full_head(tiny_model_dir, monkeypatch):
+    """A word level without listed labels lets nearly every token follow:
+    there the backend masks the full head under `generate` instead, and
+    the outputs still keep to the format."""
+    from spacy_giellm.backends import hf_decode
+    from spacy_giellm.backends.hf import make_hf_backend
+
+    task = get_task({"name": "free", "word_levels": [{"kind": "entities", "instruction": "固有表現の抽出"}]})
+    called = []
+    monkeypatch.setattr(hf_decode, "constrained_greedy", lambda *a, **k: called.append(1))
+    backend = make_hf_backend(model=str(tiny_model_dir), device="cpu", batch_size=3, max_new_tokens=16,
+                              task=task, constrained=True)
+    for text, out in zip(TEXTS, backend.generate([build_input(t, task) for t in TEXTS])):
+        auto = FormatAutomaton(task, text)
+        assert auto.feed(auto.start, out.rstrip("\ufffd").encode()) >= 0, out
+    assert not called

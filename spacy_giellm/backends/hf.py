@@ -8,9 +8,13 @@ tokenizer's default special tokens (BOS for Llama tokenizers); the output is
 whatever the model generates after it, up to EOS. Training tokenizes the
 output without special tokens and appends EOS, so the two agree.
 
-`constrained = true` masks, at every step, the tokens that would leave the
-task's output format for that prompt's text (`hf_constraints.HFConstraintProcessor`);
-the task comes from the giellm component (`bind_task`) or the `task` setting.
+`constrained = true` keeps every step to the task's output format for that
+prompt's text, applying the LM head only to the tokens allowed there
+(`hf_decode.constrained_greedy`; with `jump_forward`, the tokens the format
+forces are fed without a pick); for labels of any characters, or a model
+without a separate head, it masks the full head's logits under `generate`
+(`hf_constraints.HFConstraintProcessor`). The task comes from the giellm
+component (`bind_task`) or the `task` setting.
 `label_scores` gives real text-label probabilities from the model.
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..registry import giellm_backends
 from .base import LocalModelBackend, loaded_attribute, require_positive
+from .hf_decode import cache_argument, output_cache
 from .hf_files import check_model_files, looks_like_local_path, resolve_device, resolve_dtype
 
 __all__ = ["HFBackend", "make_hf_backend", "resolve_device", "resolve_dtype"]
@@ -46,6 +51,7 @@ class HFBackend(LocalModelBackend):
         use_safetensors_only: bool = True,
         constrained: bool = False,
         task: Optional[Any] = None,
+        jump_forward: bool = True,
     ) -> None:
         if not model:
             raise ValueError("giellm.HF.v1: 'model' must be a Hub id or a local path")
@@ -63,6 +69,8 @@ class HFBackend(LocalModelBackend):
         self._model: Any = None
         self._device: Optional[str] = None
         self._eos_ids: List[int] = []
+        self.jump_forward = bool(jump_forward)
+        self._stats: Dict[str, int] = {"jumped": 0}
         self._init_task(constrained, task)
 
     # ------------------------------------------------------------------ loading
@@ -253,6 +261,13 @@ class HFBackend(LocalModelBackend):
             bos_token_id=tok.bos_token_id,
         )
 
+    def decoding_stats(self, reset: bool = False) -> Dict[str, int]:
+        """Tokens appended by jump-forward since the last reset."""
+        stats = dict(self._stats)
+        if reset:
+            self._stats.update(jumped=0)
+        return stats
+
     def generate_ids(self, prompts: Sequence[str]) -> List[List[int]]:
         """Greedy new-token ids per prompt, without the prompt and without the final EOS."""
         prompts = list(prompts)
@@ -279,14 +294,23 @@ class HFBackend(LocalModelBackend):
 
         kwargs: Dict[str, Any] = {}
         if self.constrained:
+            from .hf_decode import body_and_head, constrained_greedy
+
+            constrainer = self._prompt_constrainer()
+            automata = [constrainer(p) for p in chunk]
+            # The head for the allowed tokens only; labels of any characters
+            # allow nearly the whole vocabulary: there, mask the full head.
+            if body_and_head(self._model) is not None and not any(a.automaton.free_labels for a in automata):
+                return constrained_greedy(self._model, ids, mask, pos, automata, self.max_new_tokens,
+                                          self._tokenizer.pad_token_id, cache=cache, jump=self.jump_forward,
+                                          stats=self._stats)
             from transformers import LogitsProcessorList
 
             from .hf_constraints import HFConstraintProcessor
 
-            constrainer = self._prompt_constrainer()
-            kwargs["logits_processor"] = LogitsProcessorList([HFConstraintProcessor([constrainer(p) for p in chunk])])
+            kwargs["logits_processor"] = LogitsProcessorList([HFConstraintProcessor(automata)])
         if cache is not None:
-            kwargs[_cache_argument(self._model.generate)] = cache
+            kwargs[cache_argument(self._model.generate)] = cache
         with torch.inference_mode():
             out = self._model.generate(input_ids=ids, attention_mask=mask, generation_config=self._generation_config(),
                                        **kwargs)
@@ -330,7 +354,7 @@ class HFBackend(LocalModelBackend):
             return None
         with torch.inference_mode():
             out = self._model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True)
-        return _output_cache(out)
+        return output_cache(out)
 
     # ------------------------------------------------------ task and labels
 
@@ -389,7 +413,7 @@ class HFBackend(LocalModelBackend):
         past_mask = mask[:, :-1].repeat_interleave(n_cand, 0)
         if cache is not None:
             cache.batch_repeat_interleave(n_cand)
-            kwargs[_cache_argument(model.forward)] = cache
+            kwargs[cache_argument(model.forward)] = cache
         out = model(
             input_ids=inputs,
             attention_mask=torch.cat([past_mask, valid], dim=1),
@@ -457,22 +481,3 @@ class HFBackend(LocalModelBackend):
 
 # The class is the registered function: its __init__ is the config schema.
 make_hf_backend = giellm_backends.register("giellm.HF.v1", func=HFBackend)
-
-
-def _output_cache(out: Any) -> Any:
-    """The KV cache of a model output (transformers 5 names it `cache`, 4.x `past_key_values`)."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
-
-
-def _cache_argument(fn: Any) -> str:
-    """The keyword `fn` (a model's forward or generate) takes the KV cache
-    by: `cache` from transformers 5 on (where `past_key_values` is deprecated)."""
-    import inspect
-
-    import transformers
-
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        return "cache"
-    params = inspect.signature(fn).parameters
-    return "cache" if "cache" in params else "past_key_values"

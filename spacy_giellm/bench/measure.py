@@ -318,7 +318,7 @@ class _Run:
         """Constrained vs unconstrained: speed and output quality."""
         backend = self.backend
         q_free = quality(self.task, self.records, self.outputs, self.scores)
-        jumps = hasattr(backend, "jump_forward")  # llama.cpp: constrained with / without jump-forward
+        jumps = hasattr(backend, "jump_forward")  # constrained with / without jump-forward
         out: Dict[str, Any] = {}
         backend.constrained = True
         try:

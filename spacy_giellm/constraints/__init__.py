@@ -8,8 +8,9 @@ The language of well-formed outputs for one input text is written once
   construction, walked at token level by `tokens.TokenAutomaton` against a
   byte trie of the vocabulary (`tokens.TokenVocab`). `prompts.PromptConstrainer`
   gives each prompt its token automaton. The llama.cpp backend uses
-  `TokenAutomaton` directly; the transformers `LogitsProcessor` on top lives
-  with the HF backend (`backends.hf_constraints`).
+  `TokenAutomaton` directly; the transformers backend decodes with it
+  applying the LM head to the allowed tokens only (`backends.hf_decode`),
+  and its `LogitsProcessor` for `generate` lives in `backends.hf_constraints`.
 
 Nothing here imports torch, transformers or llama_cpp.
 """

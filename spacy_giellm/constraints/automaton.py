@@ -18,6 +18,7 @@ from .language import (
     Seq,
     Span,
     Star,
+    has_free_labels,
     span_automaton,
     output_language,
 )
@@ -137,6 +138,8 @@ class FormatAutomaton:
         self.task = get_task(task)
         self.text = text
         self.instruction = instruction
+        # labels of any characters: almost every token may follow some states
+        self.free_labels = has_free_labels(self.task, instruction)
         self._nfa, start, self._accept = _skeleton(self.task, instruction, leading_space)
         self._sam, self._final = span_automaton(text)
         self._char_bytes: Dict[int, List[Tuple[bytes, int]]] = {}

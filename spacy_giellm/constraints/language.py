@@ -72,6 +72,13 @@ def _piece(wl: WordLevel) -> Any:
     return Seq(tuple(items))
 
 
+def has_free_labels(task: Task, instruction: Optional[str] = None) -> bool:
+    """Whether the outputs for `instruction` have labels of any characters
+    (a word level that lists none): then almost every token may follow."""
+    wl = task.word_level(instruction)
+    return wl is not None and not wl.labels
+
+
 def output_language(task: Task, instruction: Optional[str] = None, leading_space: bool = True) -> Any:
     """The well-formed outputs for a prompt of `task` (with `instruction`)."""
     parts: List[Any] = []
