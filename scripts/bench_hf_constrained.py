@@ -8,14 +8,11 @@ decoding beside them. Through the HF backend, in the component's batches.
 Prints seconds and docs/s per mode (after one warm-up batch each), tokens
 generated and jumped, and how many outputs equal the masked full head's.
 """
-import argparse
 import time
 
 from spacy_giellm.backends import hf_decode
 from spacy_giellm.backends.hf import make_hf_backend
-from spacy_giellm.bench import load_texts
-from spacy_giellm.format import build_input
-from spacy_giellm.tasks import get_task
+from spacy_giellm.bench.inputs import comparison_arguments, task_prompts
 
 # (name, constrained, head for the allowed tokens only, jump-forward)
 MODES = (("free", False, True, True), ("masked full head", True, False, True),
@@ -23,16 +20,10 @@ MODES = (("free", False, True, True), ("masked full head", True, False, True),
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("test", help="texts as `bench --texts` reads them (.jsonl, .json, .txt)")
-    parser.add_argument("models", nargs="+", help="transformers model directories")
-    parser.add_argument("--n", type=int, default=48)
-    parser.add_argument("--task", default="ner-ja")
-    parser.add_argument("--batch-size", type=int, default=16, help="the component's batch size")
+    parser = comparison_arguments("transformers model directories", n=48)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     args = parser.parse_args()
-    task = get_task(args.task)
-    prompts = [build_input(r["text"], task) for r in load_texts(args.test, args.n)]
+    task, prompts = task_prompts(args.test, args.task, args.n)
     allowed_head = hf_decode.body_and_head
     for path in args.models:
         backend = make_hf_backend(model=path, device="cpu", batch_size=args.batch_size,

@@ -7,30 +7,21 @@ Prints docs/s per round and mode, the ratios of the means, how many tokens
 jump-forward appended per doc, and how many outputs differ from step-by-step
 constrained decoding.
 """
-import argparse
 import time
 
 from spacy_giellm.backends.llamacpp import make_llamacpp_backend
-from spacy_giellm.bench import load_texts
+from spacy_giellm.bench.inputs import comparison_arguments, task_prompts
 from spacy_giellm.bench.measure import generate_like_component
-from spacy_giellm.format import build_input
-from spacy_giellm.tasks import get_task
 
 MODES = ("free", "step", "jump")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("test", help="texts as `bench --texts` reads them (.jsonl, .json, .txt)")
-    parser.add_argument("models", nargs="+")
-    parser.add_argument("--n", type=int, default=100)
+    parser = comparison_arguments("GGUF files", n=100)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--task", default="ner-ja")
-    parser.add_argument("--batch-size", type=int, default=16, help="the component's batch size")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    task = get_task(args.task)
-    prompts = [build_input(r["text"], task) for r in load_texts(args.test, args.n)]
+    task, prompts = task_prompts(args.test, args.task, args.n)
     for path in args.models:
         backend = make_llamacpp_backend(model_path=path, n_ctx=2048, max_new_tokens=96, n_threads=args.threads,
                                         task=task)

@@ -1,6 +1,7 @@
 """What the bench runs on: texts (by default the sample shipped in the
 package, `spacy_giellm/data/bench_texts.jsonl`), their gold outputs, and the
 tiny random-weight model."""
+import argparse
 import json
 from importlib import resources
 from pathlib import Path
@@ -104,3 +105,24 @@ def build_bench_models(out_dir: Path, texts: Sequence[str], task_name: str, gguf
     from ..training.gguf_export import convert_to_gguf
 
     return hf_dir, Path(convert_to_gguf(hf_dir, out_dir / "tiny-f32.gguf", outtype="f32"))
+
+
+def comparison_arguments(models_help: str, n: int) -> argparse.ArgumentParser:
+    """The command line the model comparisons in `scripts/` share: the texts,
+    the models, how many texts, the task and the component's batch size."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("test", help="texts as `bench --texts` reads them (.jsonl, .json, .txt)")
+    parser.add_argument("models", nargs="+", help=models_help)
+    parser.add_argument("--n", type=int, default=n)
+    parser.add_argument("--task", default="ner-ja")
+    parser.add_argument("--batch-size", type=int, default=16, help="the component's batch size")
+    return parser
+
+
+def task_prompts(path: Optional[str], task_name: str, n: Optional[int]) -> Tuple[Any, List[str]]:
+    """(task, the prompts of the first `n` texts of `path` for it)."""
+    from ..format import build_input
+    from ..tasks import get_task
+
+    task = get_task(task_name)
+    return task, [build_input(r["text"], task) for r in load_texts(path, n)]
