@@ -49,6 +49,14 @@ def sample_splits(tmp_path_factory):
     return root, counts
 
 
+def test_split_and_mix_refuses_a_size_for_no_dataset(tmp_path, sample_splits):
+    root, counts = sample_splits
+    with pytest.raises(ValueError, match=r"unknown dataset\(s\) \['ner'\]"):
+        split_and_mix({"ner-ja": root / "ner.jsonl"}, tmp_path / "out", sizes={"ner": 10}, dev=4, test=4)
+    assert not (tmp_path / "out" / "train.jsonl").exists()
+    assert counts["train"]  # the fixture's own mix went through
+
+
 def test_encode_pair_masks_the_prompt(tiny_model_dir):
     from transformers import AutoTokenizer
 

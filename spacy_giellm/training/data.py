@@ -201,9 +201,11 @@ def split_and_mix(
         tr, dv, te = split_train_dev_test(groups, dev, test, seed=seed)
         for split, chosen in (("train", tr), ("dev", dv), ("test", te)):
             parts[split][name] = [r for g in chosen for r in g]
-    wanted = {k: v for k, v in (sizes or {}).items() if k in parts["train"]}
+    wanted = dict(sizes or {})  # a name that is not a dataset: sample_mix says so
     short = {
-        k: len(parts["train"][k]) for k, v in wanted.items() if v is not None and v > len(parts["train"][k])
+        k: len(parts["train"][k])
+        for k, v in wanted.items()
+        if k in parts["train"] and v is not None and v > len(parts["train"][k])
     }
     counts: Dict[str, Any] = {"seed": seed, "short_of_requested_size": short}
     out.mkdir(parents=True, exist_ok=True)
