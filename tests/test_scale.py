@@ -433,3 +433,31 @@ def test_hf_labels_of_any_characters_mask_the_full_head(tiny_model_dir, monkeypa
         auto = FormatAutomaton(task, text)
         assert auto.feed(auto.start, out.rstrip("\ufffd").encode()) >= 0, out
     assert not called
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["q_proj", "v_proj", "lm_head"]], ids=["body", "body+head"])
+def test_hf_allowed_head_with_an_unmerged_adapter(tiny_model_dir, tmp_path, targets, monkeypatch):
+    """LoRA layers in the body run in place; a LoRA on the head itself is
+    not in its weight rows, so that model masks the full head instead.
+    Either way the outputs are the masked full head's."""
+    peft = pytest.importorskip("peft")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from spacy_giellm.backends import hf_decode
+    from spacy_giellm.backends.hf import make_hf_backend
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    with torch.no_grad():  # make the adapter matter
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    lora.save_pretrained(str(tmp_path / "adapter"))
+    backend = make_hf_backend(model=str(tiny_model_dir), adapter=str(tmp_path / "adapter"), device="cpu",
+                              batch_size=3, max_new_tokens=16, task="scnm", constrained=True)
+    with monkeypatch.context() as m:
+        m.setattr(hf_decode, "body_and_head", lambda model: None)
+        masked = backend.generate_ids(PROMPTS)
+    assert (hf_decode.body_and_head(backend.model) is None) == ("lm_head" in targets)
+    assert backend.generate_ids(PROMPTS) == masked

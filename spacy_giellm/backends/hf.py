@@ -12,7 +12,8 @@ output without special tokens and appends EOS, so the two agree.
 prompt's text, applying the LM head only to the tokens allowed there
 (`hf_decode.constrained_greedy`; with `jump_forward`, the tokens the format
 forces are fed without a pick); for labels of any characters, or a model
-without a separate head, it masks the full head's logits under `generate`
+whose head is not a plain linear layer (an adapter with a LoRA on the head),
+it masks the full head's logits under `generate`
 (`hf_constraints.HFConstraintProcessor`). The task comes from the giellm
 component (`bind_task`) or the `task` setting.
 `label_scores` gives real text-label probabilities from the model.

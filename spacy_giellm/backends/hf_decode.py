@@ -34,8 +34,11 @@ FULL_HEAD_SHARE = 0.25
 
 def body_and_head(model: Any) -> Optional[Tuple[Any, Any]]:
     """(decoder body, output embeddings) of a causal LM, also inside a PEFT
-    wrapper (its LoRA layers sit in the body and head in place); None for a
-    model that does not expose them."""
+    wrapper (its LoRA layers run in the body in place); None for a model
+    that does not expose them, or whose head is more than a plain linear
+    layer (a LoRA on the head is not in its weight rows)."""
+    import torch
+
     get_base = getattr(model, "get_base_model", None)
     lm = get_base() if callable(get_base) else model
     get_body = getattr(lm, "get_decoder", None)
@@ -43,7 +46,7 @@ def body_and_head(model: Any) -> Optional[Tuple[Any, Any]]:
     if not callable(get_body) or not callable(get_head):
         return None
     body, head = get_body(), get_head()
-    if body is None or head is None or getattr(head, "weight", None) is None:
+    if body is None or type(head) is not torch.nn.Linear:
         return None
     return body, head
 
