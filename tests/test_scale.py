@@ -461,3 +461,22 @@ def test_hf_allowed_head_with_an_unmerged_adapter(tiny_model_dir, tmp_path, targ
         masked = backend.generate_ids(PROMPTS)
     assert (hf_decode.body_and_head(backend.model) is None) == ("lm_head" in targets)
     assert backend.generate_ids(PROMPTS) == masked
+
+
+@pytest.mark.parametrize("task", ["scnm", IW_TASK], ids=["scnm", "iw-only"])
+def test_hf_allowed_head_on_gemma3(tiny_gemma_dir, task, monkeypatch):
+    """The same equality on Gemma 3's architecture (sliding-window layers,
+    scaled embeddings), with a final-logit soft-cap switched on."""
+    from spacy_giellm.backends import hf_decode
+    from spacy_giellm.backends.hf import make_hf_backend
+
+    prompts = [build_input(t, get_task(task)) for t in TEXTS]
+    backend = make_hf_backend(model=str(tiny_gemma_dir), device="cpu", batch_size=3, max_new_tokens=20,
+                              task=task, constrained=True).load()
+    backend.model.config.final_logit_softcapping = 5.0
+    with monkeypatch.context() as m:
+        m.setattr(hf_decode, "body_and_head", lambda model: None)
+        masked = backend.generate_ids(prompts)
+    assert hf_decode.body_and_head(backend.model) is not None
+    assert backend.generate_ids(prompts) == masked
+    assert any(len(out) > 3 for out in masked)
