@@ -167,6 +167,49 @@ def test_parallel_sequences_give_the_one_at_a_time_outputs(tiny_gguf):
         backend.close()
 
 
+def test_a_new_prompt_joins_the_other_sequences_step(tiny_gguf):
+    """Continuous batching: the prompt of a sequence that takes a finished
+    one's place is decoded in the same llama_decode call as the others'
+    next tokens (one pass of the weights for both), and every output is
+    still the one-at-a-time one."""
+    import numpy as np
+
+    from spacy_giellm.backends.llamacpp import make_llamacpp_backend
+
+    backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=512, max_new_tokens=16, n_threads=1).load()
+    try:
+        tokens = backend._prompt_ids(PROMPTS * 2)
+        engine = backend._engine(3)
+        pick = lambda k, logits: int(np.argmax(logits))  # noqa: E731
+        plain = engine.generate(tokens, 16, lambda t: False, pick, parallel=1)[0]
+        # the tiny model never ends by itself: an ending token that cuts the
+        # outputs at different lengths, so that sequences finish apart
+        ends = {t: {out.index(t) if t in out else 16 for out in plain} for out in plain for t in out}
+        end = max(ends, key=lambda t: len(ends[t]))
+        assert len(ends[end]) >= 3
+        expected = [out[: out.index(end)] if end in out else out for out in plain]
+        calls = []
+        real_decode = type(engine)._decode
+
+        def spy(self, items):
+            calls.append([(pos, seqs[0]) for _, pos, seqs, _ in items])
+            return real_decode(self, items)
+
+        type(engine)._decode = spy
+        try:
+            assert engine.generate(tokens, 16, lambda t: t == end, pick, parallel=3)[0] == expected
+        finally:
+            type(engine)._decode = real_decode
+        mixed = 0
+        for call in calls:
+            starting = {seq for pos, seq in call if pos == 0}  # sequences whose prompt begins here
+            if starting and any(seq not in starting for _, seq in call):
+                mixed += 1
+        assert mixed >= 3
+    finally:
+        backend.close()
+
+
 def test_prompt_too_long_for_the_context(tiny_gguf):
     from spacy_giellm.backends.llamacpp import make_llamacpp_backend
 
@@ -190,21 +233,22 @@ def test_constrained_needs_a_task(tiny_model_dir):
 def test_generate_scored_gives_both_from_one_prompt_pass(gguf, hf):
     """generate_scored = generate + label_scores (same outputs, same numbers),
     but each prompt is decoded once (llama.cpp) instead of twice."""
-    engine_cls = type(gguf._engine(1))
-    fed = []
-    real_feed = engine_cls._feed_prompts
+    from spacy_giellm.backends import llamacpp_batch
 
-    def counting_feed(self, prompts, on_logits):
-        fed.extend(len(tokens) for tokens in prompts.values())
-        return real_feed(self, prompts, on_logits)
+    fed = []
+    real_add = llamacpp_batch._Step.add_prompt
+
+    def counting_add(self, seq, tokens, *args):
+        fed.append(len(tokens))
+        return real_add(self, seq, tokens, *args)
 
     expected_outputs = gguf.generate(PROMPTS)
     expected_scores = gguf.label_scores(PROMPTS, CANDIDATES)
-    engine_cls._feed_prompts = counting_feed
+    llamacpp_batch._Step.add_prompt = counting_add
     try:
         outputs, scores = gguf.generate_scored(PROMPTS, CANDIDATES)
     finally:
-        engine_cls._feed_prompts = real_feed
+        llamacpp_batch._Step.add_prompt = real_add
     assert outputs == expected_outputs
     for row, want in zip(scores, expected_scores):
         assert list(row) == CANDIDATES

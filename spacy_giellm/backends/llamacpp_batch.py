@@ -4,8 +4,12 @@ llama-cpp-python's `Llama` puts every token in sequence 0, so it decodes one
 prompt at a time. `SequenceBatcher` owns a second context over the same model
 with `n_seq_max` sequences and a unified KV cache, and feeds `llama_batch`es
 holding tokens of several sequences (each with its own seq_id and positions):
-prompts are packed into as few `llama_decode` calls as `n_batch` allows, then
-each step decodes one token of every unfinished sequence together.
+each step decodes one token of every unfinished sequence together, and the
+prompts of the sequences that take the place of finished ones go into the same
+`llama_decode` call (continuous batching), as many calls as `n_batch` needs.
+On a CPU that matters: a call of a few rows runs the matmuls at a fraction of
+the rate a call of some dozens does, so a prompt's prefill costs the step it
+joins little more than its own FLOPs.
 
 Sequences are admitted while their worst case (prompt + max new tokens) fits
 the context, so the KV cache is never overrun and a finished sequence's cells
@@ -133,28 +137,6 @@ class SequenceBatcher:
         ptr = self._llama_cpp.llama_get_logits_ith(self.ctx, i)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
-    def _feed_prompts(self, prompts: Dict[int, Sequence[int]], on_logits: Callable[[int, Any], None]) -> None:
-        """Decode whole prompts {seq: tokens}; on_logits(seq, logits) after each last token."""
-        pending: List[Tuple[int, int, Sequence[int], bool]] = []
-        owners: List[int] = []
-        for seq, tokens in prompts.items():
-            for pos, token in enumerate(tokens):
-                last = pos == len(tokens) - 1
-                pending.append((token, pos, (seq,), last))
-                owners.append(seq if last else -1)
-                if len(pending) == self.n_batch:
-                    self._flush(pending, owners, on_logits)
-        if pending:
-            self._flush(pending, owners, on_logits)
-
-    def _flush(self, pending, owners, on_logits) -> None:
-        self._decode(pending)
-        for i, seq in enumerate(owners):
-            if seq >= 0:
-                on_logits(seq, self._logits(i))
-        pending.clear()
-        owners.clear()
-
     # ------------------------------------------------------------ generation
 
     def generate(
@@ -217,6 +199,52 @@ class SequenceBatcher:
         next_token: Dict[int, int] = {}
         self._clear()
         while queue or active:
+            def first(seq: int, logits) -> None:
+                k = active[seq][0]
+                if scores is not None:
+                    scores[k] = _log_softmax_rows(logits, [c[0] for c in cand])  # type: ignore[union-attr]
+                next_token[seq] = pick(k, logits)
+
+            # one batch: each prefilled sequence's next token (with its
+            # forced tokens and its draft), and the new prompts, so that a
+            # prompt's prefill shares the weights' pass with the others'
+            # decoding step (a step of a few rows alone runs the matmuls at
+            # a fraction of the rate a longer batch does)
+            step = _Step(self, pick, is_end, first, results, stats)
+            for seq, (k, pos) in list(active.items()):
+                token = next_token.pop(seq)
+                done = is_end(token)
+                if not done:
+                    results[k].append(token)
+                    done = len(results[k]) >= max_new_tokens or pos + 1 >= self.n_ctx or pos + 1 >= len(prompts[k]) + reserved[seq]
+                forced: List[int] = []
+                if not done and jump is not None:
+                    # as greedy would append them one by one: up to the
+                    # output's length and the last cell the sequence may fill
+                    limit = min(self.n_ctx, len(prompts[k]) + reserved[seq])
+                    forced = jump(k, min(max_new_tokens - len(results[k]), limit - 1 - pos, self.n_batch - 1))
+                    results[k].extend(forced)
+                    if stats is not None:
+                        stats["jumped"] += len(forced)
+                    done = len(results[k]) >= max_new_tokens or pos + len(forced) + 1 >= limit
+                if done:
+                    del active[seq]
+                    self._llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
+                    budget_left += reserved.pop(seq)
+                    free_seqs.append(seq)
+                    continue
+                last = pos + len(forced)  # the position whose logits pick the next token
+                proposal: List[int] = []
+                if draft is not None:
+                    # drafts end one short of every limit: the token after them must still fit
+                    room = min(max_new_tokens - len(results[k]), len(prompts[k]) + reserved[seq] - last, self.n_ctx - last) - 2
+                    proposal = list(draft(k, results[k]))[: max(0, room)]
+                    proposal = proposal[: self.n_batch - 1 - len(forced)]
+                items = [(token, pos, (seq,), not forced)]
+                items.extend((t, pos + 1 + j, (seq,), j == len(forced) - 1) for j, t in enumerate(forced))
+                items.extend((t, last + 1 + j, (seq,), True) for j, t in enumerate(proposal))
+                active[seq] = (k, last)
+                step.add_sequence(seq, items, proposal, active, next_token)
             admitted: Dict[int, Sequence[int]] = {}
             while queue and free_seqs:
                 k = queue[-1]
@@ -247,82 +275,12 @@ class SequenceBatcher:
                     continue
                 admitted[seq] = list(prompts[k]) + opening
                 active[seq] = (k, end)
-
-            def first(seq: int, logits) -> None:
-                k = active[seq][0]
-                if scores is not None:
-                    scores[k] = _log_softmax_rows(logits, [c[0] for c in cand])  # type: ignore[union-attr]
-                next_token[seq] = pick(k, logits)
-
-            if admitted:
-                self._feed_prompts(admitted, first)
-                if scratch_per and scores is not None:
-                    self._score_rest({seq: active[seq][0] for seq in admitted}, prompts, cand, multi, scratch, scores)  # type: ignore[arg-type]
-            # one step: each active sequence's next token, and its draft
-            step: List[Tuple[int, int, Sequence[int], bool]] = []
-            plans: List[Tuple[int, int, List[int]]] = []  # (seq, first item, draft)
-            for seq, (k, pos) in list(active.items()):
-                token = next_token.pop(seq)
-                done = is_end(token)
-                if not done:
-                    results[k].append(token)
-                    done = len(results[k]) >= max_new_tokens or pos + 1 >= self.n_ctx or pos + 1 >= len(prompts[k]) + reserved[seq]
-                forced: List[int] = []
-                if not done and jump is not None:
-                    # as greedy would append them one by one: up to the
-                    # output's length and the last cell the sequence may fill
-                    limit = min(self.n_ctx, len(prompts[k]) + reserved[seq])
-                    forced = jump(k, min(max_new_tokens - len(results[k]), limit - 1 - pos, self.n_batch - 1))
-                    results[k].extend(forced)
-                    if stats is not None:
-                        stats["jumped"] += len(forced)
-                    done = len(results[k]) >= max_new_tokens or pos + len(forced) + 1 >= limit
-                if done:
-                    del active[seq]
-                    self._llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
-                    budget_left += reserved.pop(seq)
-                    free_seqs.append(seq)
-                    continue
-                last = pos + len(forced)  # the position whose logits pick the next token
-                proposal: List[int] = []
-                if draft is not None:
-                    # drafts end one short of every limit: the token after them must still fit
-                    room = min(max_new_tokens - len(results[k]), len(prompts[k]) + reserved[seq] - last, self.n_ctx - last) - 2
-                    proposal = list(draft(k, results[k]))[: max(0, room)]
-                    proposal = proposal[: self.n_batch - 1 - len(forced)]
-                if len(step) + 1 + len(forced) + len(proposal) > self.n_batch:
-                    self._verify(step, plans, active, next_token, pick, is_end, results, stats)
-                step.append((token, pos, (seq,), not forced))
-                step.extend((t, pos + 1 + j, (seq,), j == len(forced) - 1) for j, t in enumerate(forced))
-                active[seq] = (k, last)
-                plans.append((seq, len(step) - 1, proposal))
-                step.extend((t, last + 1 + j, (seq,), True) for j, t in enumerate(proposal))
-            if step:
-                self._verify(step, plans, active, next_token, pick, is_end, results, stats)
+            for seq, tokens in admitted.items():
+                step.add_prompt(seq, tokens, active, next_token)
+            step.flush(active, next_token)
+            if admitted and scratch_per and scores is not None:
+                self._score_rest({seq: active[seq][0] for seq in admitted}, prompts, cand, multi, scratch, scores)  # type: ignore[arg-type]
         return results, scores
-
-    def _verify(self, step, plans, active, next_token, pick, is_end, results, stats) -> None:
-        """Decode one batch of steps and keep each sequence's draft up to its
-        first token that greedy picking would not choose."""
-        self._decode(step)
-        for seq, at, proposal in plans:
-            k, pos = active[seq]
-            nxt = pick(k, self._logits(at))
-            kept = 0
-            while kept < len(proposal) and nxt == proposal[kept] and not is_end(nxt):
-                results[k].append(nxt)
-                kept += 1
-                nxt = pick(k, self._logits(at + kept))
-            if kept < len(proposal):  # the rejected tokens' cells
-                self._llama_cpp.llama_memory_seq_rm(self._mem, seq, pos + 1 + kept, -1)
-            next_token[seq] = nxt
-            active[seq] = (k, pos + 1 + kept)
-            if stats is not None:
-                stats["steps"] += 1
-                stats["drafted"] += len(proposal)
-                stats["kept"] += kept
-        step.clear()
-        plans.clear()
 
     def _score_rest(self, seqs: Dict[int, int], prompts, cand, multi, scratch, scores) -> None:
         """Add the later tokens of each multi-token candidate to `scores` for
@@ -362,3 +320,63 @@ class SequenceBatcher:
             return [[] for _ in prompts]
         _, scores = self.generate(prompts, 1, lambda token: True, lambda k, logits: 0, candidates=candidates)
         return scores  # type: ignore[return-value]
+
+
+class _Step:
+    """One round of `SequenceBatcher.generate`: the prefilled sequences'
+    next tokens (with their forced and drafted tokens) and new prompts,
+    decoded in as few `llama_decode` calls as `n_batch` allows."""
+
+    def __init__(self, engine: "SequenceBatcher", pick: Picker, is_end, first, results, stats) -> None:
+        self.engine, self.pick, self.is_end, self.first = engine, pick, is_end, first
+        self.results, self.stats = results, stats
+        self.items: List[Tuple[int, int, Sequence[int], bool]] = []
+        self.plans: List[Tuple[int, int, List[int]]] = []  # (seq, item whose logits pick, draft)
+        self.firsts: List[Tuple[int, int]] = []  # (item, seq): a prompt's last token
+
+    def add_sequence(self, seq: int, items, proposal: List[int], active, next_token) -> None:
+        """A sequence's items (never split across calls: its draft is verified from one batch's logits)."""
+        if len(self.items) + len(items) > self.engine.n_batch:
+            self.flush(active, next_token)
+        at = len(self.items) + len(items) - len(proposal) - 1
+        self.items.extend(items)
+        self.plans.append((seq, at, proposal))
+
+    def add_prompt(self, seq: int, tokens: Sequence[int], active, next_token) -> None:
+        """A prompt's tokens (split across calls where they do not fit: the KV cache keeps the earlier ones)."""
+        for pos, token in enumerate(tokens):
+            if len(self.items) == self.engine.n_batch:
+                self.flush(active, next_token)
+            last = pos == len(tokens) - 1
+            if last:
+                self.firsts.append((len(self.items), seq))
+            self.items.append((token, pos, (seq,), last))
+
+    def flush(self, active, next_token) -> None:
+        """Decode what was added; pick each sequence's next token and keep
+        its draft up to the first token greedy picking would not choose."""
+        if not self.items:
+            return
+        engine = self.engine
+        engine._decode(self.items)
+        for seq, at, proposal in self.plans:
+            k, pos = active[seq]
+            nxt = self.pick(k, engine._logits(at))
+            kept = 0
+            while kept < len(proposal) and nxt == proposal[kept] and not self.is_end(nxt):
+                self.results[k].append(nxt)
+                kept += 1
+                nxt = self.pick(k, engine._logits(at + kept))
+            if kept < len(proposal):  # the rejected tokens' cells
+                engine._llama_cpp.llama_memory_seq_rm(engine._mem, seq, pos + 1 + kept, -1)
+            next_token[seq] = nxt
+            active[seq] = (k, pos + 1 + kept)
+            if self.stats is not None:
+                self.stats["steps"] += 1
+                self.stats["drafted"] += len(proposal)
+                self.stats["kept"] += kept
+        for at, seq in self.firsts:
+            self.first(seq, engine._logits(at))
+        self.items.clear()
+        self.plans.clear()
+        self.firsts.clear()
