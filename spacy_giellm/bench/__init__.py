@@ -18,8 +18,10 @@ Per backend:
   tokens/s (the rest of the time);
 * time per doc outside the model: the component over a replay backend that
   answers instantly with the recorded outputs;
-* batched (batch 16 / 16 parallel sequences) vs one prompt at a time, and
-  docs/s at 1, 4 and 8 prompts decoding together;
+* batched (the component's batches, `batch_size`, with the backend's own
+  parallelism: llama.cpp's `n_parallel`, default 8, or the HF batch; both
+  reported) vs one prompt at a time, and docs/s at 1, 4 and 8 prompts
+  decoding together;
 * the one-pass `generate_scored` against generate + a separate label_scores;
 * prompt-lookup drafting (llama.cpp): speed with and without, one sequence
   at a time and batched, the share of drafted tokens kept, and whether any

@@ -5,6 +5,8 @@ from typing import Optional, Sequence, Tuple
 # (key, unit / meaning) of every per-backend figure, in table order.
 FIELDS: Tuple[Tuple[str, str], ...] = (
     ("docs", "docs measured"),
+    ("batch_size", "prompts per generate() call (the component's batch)"),
+    ("parallel", "prompts decoding together (llama.cpp n_parallel, HF batch)"),
     ("chars_per_doc", "mean characters per doc"),
     ("prompt_tokens_mean", "mean prompt tokens"),
     ("shared_prefix_tokens", "mean prompt prefix shared with another prompt, tokens"),
@@ -21,13 +23,13 @@ FIELDS: Tuple[Tuple[str, str], ...] = (
     ("new_tokens_per_doc", "mean generated tokens per doc (ending token not counted)"),
     ("peak_rss_mb", "peak RSS of the process, MB"),
     ("one_at_a_time_docs_per_s", "docs/s, one prompt at a time"),
-    ("batch_speedup", "batch 16 / one at a time (HF target >= 3)"),
+    ("batch_speedup", "batched / one at a time (HF target >= 3)"),
     ("docs_per_s_parallel_1", "docs/s of generate(), 1 prompt decoding at a time"),
     ("docs_per_s_parallel_4", "docs/s of generate(), 4 at a time"),
     ("docs_per_s_parallel_8", "docs/s of generate(), 8 at a time"),
     ("prompt_lookup_speedup_1", "docs/s with / without prompt-lookup drafts, 1 at a time (llama.cpp)"),
-    ("prompt_lookup_speedup", "the same at the bench's batch size"),
-    ("prompt_lookup_kept", "share of drafted tokens kept, at the batch size"),
+    ("prompt_lookup_speedup", "the same at the bench's parallelism"),
+    ("prompt_lookup_kept", "share of drafted tokens kept, at that parallelism"),
     ("tokens_per_step", "tokens gained per sequence per decoding step with drafts (1 = none)"),
     ("prompt_lookup_outputs_equal", "1 if drafting left every output unchanged"),
     ("constrained_docs_per_s", "docs/s, bare generate() constrained"),
@@ -46,7 +48,7 @@ FIELDS: Tuple[Tuple[str, str], ...] = (
     ("memory_gb_per_s", "machine: memory copy GB/s (read + write)"),
     ("gflop_per_doc", "model FLOPs per doc (body for every token, head per generated token)"),
     ("compute_limit_docs_per_s", "ceiling from matmul GFLOPS"),
-    ("bandwidth_limit_docs_per_s", "ceiling from memory bandwidth at the batch size"),
+    ("bandwidth_limit_docs_per_s", "ceiling from memory bandwidth at that parallelism"),
     ("share_of_compute_limit", "component docs/s / compute ceiling"),
     ("share_of_bandwidth_limit", "component docs/s / bandwidth ceiling"),
     ("ginza_full_docs_per_s", "docs/s from raw text: ja_ginza full pipeline + giellm (--ginza)"),
@@ -67,7 +69,10 @@ class BenchConfig:
     texts: Optional[str] = None  # .json (list of {"text"}), .jsonl or .txt; None: the shipped sample
     n: int = 64
     task: str = "scnm"
-    batch_size: int = 16
+    batch_size: int = 16  # the component's batch: prompts per generate() call
+    # prompts decoding together (llama.cpp n_parallel, HF batch size);
+    # None: the backend's default (llama.cpp 8; HF the component's batch)
+    parallel: Optional[int] = None
     max_new_tokens: int = 32
     repeat: int = 5
     backends: Sequence[str] = ("hf", "gguf")

@@ -266,7 +266,7 @@ class _Run:
         out: Dict[str, Any] = {}
         saved = backend.n_parallel, backend.prompt_lookup
         try:
-            for n, suffix in ((1, "_1"), (self.cfg.batch_size, "")):
+            for n, suffix in ((1, "_1"), (saved[0], "")):
                 backend.n_parallel = n
                 backend.prompt_lookup = 0
                 t_off, plain = self.best(self.generate)
@@ -290,7 +290,8 @@ class _Run:
         rates = machine_rates(self.cfg.threads)
         costs = gguf_costs(gguf_path) if self.kind == "gguf" and gguf_path else hf_costs(self.backend.model)
         out: Dict[str, Any] = dict(rates)
-        out.update(doc_limits(costs, rates, self.prompt_tokens_per_doc, self.new_tokens_per_doc, self.cfg.batch_size))
+        out.update(doc_limits(costs, rates, self.prompt_tokens_per_doc, self.new_tokens_per_doc,
+                              getattr(self.backend, _PARALLEL[self.kind])))
         for key in ("compute", "bandwidth"):
             limit = out[f"{key}_limit_docs_per_s"]
             out[f"share_of_{key}_limit"] = component_docs_per_s / limit if limit else None
@@ -383,16 +384,19 @@ def load_backend(kind: str, cfg: BenchConfig, model_dir: Optional[str], gguf_pat
         from ..backends.hf import make_hf_backend
 
         torch.set_num_threads(cfg.threads)
-        return make_hf_backend(model=model_dir, device="cpu", batch_size=cfg.batch_size,
+        return make_hf_backend(model=model_dir, device="cpu", batch_size=cfg.parallel or cfg.batch_size,
                                max_new_tokens=cfg.max_new_tokens).load()
     if kind == "gguf":
         from ..backends.llamacpp import make_llamacpp_backend
 
         if not gguf_path:
             raise ValueError("bench: the gguf backend needs --gguf (or the default tiny model)")
-        n_ctx = 2048 * max(1, -(-cfg.batch_size * (cfg.max_new_tokens + 128) // 2048))
-        return make_llamacpp_backend(model_path=gguf_path, n_ctx=n_ctx, max_new_tokens=cfg.max_new_tokens,
-                                     n_threads=cfg.threads, n_parallel=cfg.batch_size).load()
+        parallel = {"n_parallel": cfg.parallel} if cfg.parallel else {}  # else the backend's default
+        backend = make_llamacpp_backend(model_path=gguf_path, max_new_tokens=cfg.max_new_tokens,
+                                        n_threads=cfg.threads, **parallel)
+        # room for every sequence decoding together (read before loading)
+        backend.n_ctx = 2048 * max(1, -(-backend.n_parallel * (cfg.max_new_tokens + 128) // 2048))
+        return backend.load()
     raise ValueError(f"bench: unknown backend {kind!r}; use hf or gguf")
 
 
@@ -402,7 +406,8 @@ def bench_backend(kind: str, cfg: BenchConfig, model_dir: Optional[str], gguf_pa
     try:
         run = _Run(kind, cfg, backend)
         backend.generate(run.prompts[:2])  # warm-up
-        out: Dict[str, Any] = {"backend": kind, "docs": len(run.texts),
+        out: Dict[str, Any] = {"backend": kind, "docs": len(run.texts), "batch_size": cfg.batch_size,
+                               "parallel": getattr(backend, _PARALLEL[kind]),
                                "chars_per_doc": sum(map(len, run.texts)) / len(run.texts),
                                "clock": "cpu" if cfg.threads == 1 else "wall", "threads": cfg.threads}
         out.update(run.prompt_figures())

@@ -16,7 +16,8 @@ def bench_cli(
     n: int = typer.Option(64, "--n", help="Docs to run (texts are cycled)"),
     task: str = typer.Option("scnm", "--task", "-t", help="Built-in task name or task file"),
     backend: Optional[List[str]] = typer.Option(None, "--backend", help="hf and/or gguf (repeatable; default: both)"),
-    batch_size: int = typer.Option(16, "--batch-size", help="Batch size / parallel sequences"),
+    batch_size: int = typer.Option(16, "--batch-size", help="Prompts per generate() call, as the component's batch_size"),
+    parallel: Optional[int] = typer.Option(None, "--parallel", help="Prompts decoding together (llama.cpp n_parallel, HF batch size); default: the backend's (llama.cpp 8, HF the batch size)"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Generation budget per doc"),
     threads: int = typer.Option(1, "--threads", help="CPU threads; 1 times CPU time, which a busy machine barely changes"),
     repeat: int = typer.Option(5, "--repeat", help="Best of this many runs per timing"),
@@ -29,8 +30,8 @@ def bench_cli(
         from ..bench import BenchConfig, format_table, run_bench
         from ..util import atomic_write_text
 
-        if n < 1 or batch_size < 1 or max_new_tokens < 1 or threads < 1 or repeat < 1:
-            raise ValueError("--n, --batch-size, --max-new-tokens, --threads and --repeat must be >= 1")
+        if n < 1 or batch_size < 1 or max_new_tokens < 1 or threads < 1 or repeat < 1 or (parallel is not None and parallel < 1):
+            raise ValueError("--n, --batch-size, --parallel, --max-new-tokens, --threads and --repeat must be >= 1")
         from ..bench.config import ALL_STEPS
 
         bad_steps = sorted(set(step or ()) - set(ALL_STEPS))
@@ -49,6 +50,7 @@ def bench_cli(
             n=n,
             task=task,
             batch_size=batch_size,
+            parallel=parallel,
             max_new_tokens=max_new_tokens,
             repeat=repeat,
             backends=kinds,
