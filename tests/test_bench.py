@@ -48,6 +48,9 @@ def test_bench_reports_all_fields(tiny_model_dir, tiny_gguf):
                     "compute_limit_docs_per_s", "bandwidth_limit_docs_per_s", "new_tokens_per_doc"):
             assert isinstance(figures[key], float) and figures[key] > 0, (kind, key)
     gguf = results["backends"]["gguf"]
+    assert gguf["kernel_ms_per_prompt_token"] > 0 and gguf["kernel_ms_per_generated_token"] > 0
+    assert gguf["kernel_limit_docs_per_s"] > 0 and gguf["share_of_kernel_limit"] > 0
+    assert results["backends"]["hf"]["kernel_limit_docs_per_s"] is None  # llama.cpp only
     assert gguf["prompt_lookup_outputs_equal"] == 1.0 and gguf["prompt_lookup_outputs_equal_1"] == 1.0
     assert gguf["tokens_per_step"] >= 1.0
     for figures in results["backends"].values():  # both backends jump forward

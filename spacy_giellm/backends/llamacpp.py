@@ -372,6 +372,18 @@ class LlamaCppBackend(LocalModelBackend):
         return engine.generate(tokens, self.max_new_tokens, self._eog.__contains__, pick, parallel=self.n_parallel,
                                candidates=cand_ids, draft=draft, stats=self._stats, jump=jump)
 
+    def token_pass_seconds(self, n_tokens: int = 256) -> Dict[str, float]:
+        """Seconds per token of one pass over `n_tokens` tokens of one
+        sequence: "prompt" without the output head (as prefill runs all but
+        the last prompt token), "generated" with it (as every decoded token
+        needs its logits). The best llama.cpp's kernels do on this machine:
+        the bench's ceiling for any batching (a decoding step of a few rows
+        runs the same matmuls slower)."""
+        engine = self._engine(1)
+        n = max(1, min(n_tokens, engine.n_batch, self.n_ctx))
+        return {"prompt": engine.time_pass(n, all_logits=False) / n,
+                "generated": engine.time_pass(n, all_logits=True) / n}
+
     def decoding_stats(self, reset: bool = False) -> Dict[str, int]:
         """Sequence steps decoded, tokens drafted and drafted tokens kept
         since the last reset."""

@@ -310,6 +310,24 @@ class SequenceBatcher:
             for copy in used:
                 self._llama_cpp.llama_memory_seq_rm(self._mem, copy, -1, -1)
 
+    def time_pass(self, n_tokens: int, all_logits: bool, repeat: int = 3) -> float:
+        """Seconds for one `llama_decode` of `n_tokens` tokens of one
+        sequence (best of `repeat`), with logits for every token or for the
+        last only: the kernels' rate at a shape that suits them, which
+        bounds what any batching of the same tokens can reach."""
+        import time
+
+        n = max(1, min(int(n_tokens), self.n_batch, self.n_ctx))
+        token = min(100, self.n_vocab - 1)  # any id: the values do not change the cost
+        best = float("inf")
+        for _ in range(max(1, repeat)):
+            self._clear()
+            start = time.perf_counter()
+            self._decode([(token, pos, (0,), all_logits or pos == n - 1) for pos in range(n)])
+            best = min(best, time.perf_counter() - start)
+        self._clear()
+        return best
+
     # --------------------------------------------------------------- scoring
 
     def score(self, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]]) -> List[List[float]]:

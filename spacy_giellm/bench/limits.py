@@ -14,6 +14,13 @@ on docs/s that no decoder on this machine can pass (roofline-style).
 The matmul rate is torch's float32 GEMM at the bench's thread count: llama.cpp
 multiplies quantized weights with its own kernels (int8 dot products for
 Q8_0), which can beat it, so the compute ceiling is a guide, not a proof.
+
+* kernels (llama.cpp): the seconds per token of one long pass of one
+  sequence through llama.cpp itself (`LlamaCppBackend.token_pass_seconds`),
+  without the head for prompt tokens and with it for generated ones, times
+  the tokens of a doc. Batching can at best run every token at that rate
+  (a step of a few rows runs slower), so no scheduling of the same tokens
+  on these kernels passes it.
 """
 import time
 from typing import Any, Dict, Optional
@@ -94,3 +101,14 @@ def doc_limits(costs: Dict[str, float], rates: Dict[str, float], prompt_tokens: 
         "compute_limit_docs_per_s": rates["matmul_gflops"] * 1e9 / flops if flops else None,
         "bandwidth_limit_docs_per_s": rates["memory_gb_per_s"] * 1e9 / (steps * costs["weight_bytes"]) if steps else None,
     }
+
+
+def kernel_limit(token_seconds: Dict[str, float], prompt_tokens: float, new_tokens: float) -> Dict[str, float]:
+    """The docs/s ceiling from llama.cpp's own per-token pass times: each
+    token passes once; the head runs for the last prompt token and every
+    generated one (`new_tokens` does not count the ending token, which is
+    picked, never fed back)."""
+    seconds = (prompt_tokens - 1) * token_seconds["prompt"] + (new_tokens + 1) * token_seconds["generated"]
+    return {"kernel_ms_per_prompt_token": token_seconds["prompt"] * 1e3,
+            "kernel_ms_per_generated_token": token_seconds["generated"] * 1e3,
+            "kernel_limit_docs_per_s": 1.0 / seconds}

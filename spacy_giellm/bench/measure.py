@@ -285,15 +285,18 @@ class _Run:
     def limits(self, gguf_path: Optional[str], component_docs_per_s: float) -> Dict[str, Any]:
         """The machine's matmul and memory rates, the model's ceilings on
         docs/s from them, and how close the component comes."""
-        from .limits import doc_limits, gguf_costs, hf_costs, machine_rates
+        from .limits import doc_limits, gguf_costs, hf_costs, kernel_limit, machine_rates
 
         rates = machine_rates(self.cfg.threads)
         costs = gguf_costs(gguf_path) if self.kind == "gguf" and gguf_path else hf_costs(self.backend.model)
         out: Dict[str, Any] = dict(rates)
         out.update(doc_limits(costs, rates, self.prompt_tokens_per_doc, self.new_tokens_per_doc,
                               getattr(self.backend, _PARALLEL[self.kind])))
-        for key in ("compute", "bandwidth"):
-            limit = out[f"{key}_limit_docs_per_s"]
+        if hasattr(self.backend, "token_pass_seconds"):
+            out.update(kernel_limit(self.backend.token_pass_seconds(), self.prompt_tokens_per_doc,
+                                    self.new_tokens_per_doc))
+        for key in ("compute", "bandwidth", "kernel"):
+            limit = out.get(f"{key}_limit_docs_per_s")
             out[f"share_of_{key}_limit"] = component_docs_per_s / limit if limit else None
         return out
 
