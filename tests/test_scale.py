@@ -238,9 +238,9 @@ def test_generate_scored_gives_both_from_one_prompt_pass(gguf, hf):
     fed = []
     real_add = llamacpp_batch._Step.add_prompt
 
-    def counting_add(self, seq, tokens, *args):
+    def counting_add(self, seq, tokens):
         fed.append(len(tokens))
-        return real_add(self, seq, tokens, *args)
+        return real_add(self, seq, tokens)
 
     expected_outputs = gguf.generate(PROMPTS)
     expected_scores = gguf.label_scores(PROMPTS, CANDIDATES)

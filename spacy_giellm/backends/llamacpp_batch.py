@@ -210,7 +210,7 @@ class SequenceBatcher:
             # prompt's prefill shares the weights' pass with the others'
             # decoding step (a step of a few rows alone runs the matmuls at
             # a fraction of the rate a longer batch does)
-            step = _Step(self, pick, is_end, first, results, stats)
+            step = _Step(self, pick, is_end, first, results, stats, active, next_token)
             for seq, (k, pos) in list(active.items()):
                 token = next_token.pop(seq)
                 done = is_end(token)
@@ -244,7 +244,7 @@ class SequenceBatcher:
                 items.extend((t, pos + 1 + j, (seq,), j == len(forced) - 1) for j, t in enumerate(forced))
                 items.extend((t, last + 1 + j, (seq,), True) for j, t in enumerate(proposal))
                 active[seq] = (k, last)
-                step.add_sequence(seq, items, proposal, active, next_token)
+                step.add_sequence(seq, items, proposal)
             admitted: Dict[int, Sequence[int]] = {}
             while queue and free_seqs:
                 k = queue[-1]
@@ -276,8 +276,8 @@ class SequenceBatcher:
                 admitted[seq] = list(prompts[k]) + opening
                 active[seq] = (k, end)
             for seq, tokens in admitted.items():
-                step.add_prompt(seq, tokens, active, next_token)
-            step.flush(active, next_token)
+                step.add_prompt(seq, tokens)
+            step.flush()
             if admitted and scratch_per and scores is not None:
                 self._score_rest({seq: active[seq][0] for seq in admitted}, prompts, cand, multi, scratch, scores)  # type: ignore[arg-type]
         return results, scores
@@ -345,37 +345,39 @@ class _Step:
     next tokens (with their forced and drafted tokens) and new prompts,
     decoded in as few `llama_decode` calls as `n_batch` allows."""
 
-    def __init__(self, engine: "SequenceBatcher", pick: Picker, is_end, first, results, stats) -> None:
+    def __init__(self, engine: "SequenceBatcher", pick: Picker, is_end, first, results, stats, active,
+                 next_token) -> None:
         self.engine, self.pick, self.is_end, self.first = engine, pick, is_end, first
-        self.results, self.stats = results, stats
+        # generate's state, updated in place: outputs, counters, {seq: (prompt, next pos)}, {seq: picked token}
+        self.results, self.stats, self.active, self.next_token = results, stats, active, next_token
         self.items: List[Tuple[int, int, Sequence[int], bool]] = []
         self.plans: List[Tuple[int, int, List[int]]] = []  # (seq, item whose logits pick, draft)
         self.firsts: List[Tuple[int, int]] = []  # (item, seq): a prompt's last token
 
-    def add_sequence(self, seq: int, items, proposal: List[int], active, next_token) -> None:
+    def add_sequence(self, seq: int, items, proposal: List[int]) -> None:
         """A sequence's items (never split across calls: its draft is verified from one batch's logits)."""
         if len(self.items) + len(items) > self.engine.n_batch:
-            self.flush(active, next_token)
+            self.flush()
         at = len(self.items) + len(items) - len(proposal) - 1
         self.items.extend(items)
         self.plans.append((seq, at, proposal))
 
-    def add_prompt(self, seq: int, tokens: Sequence[int], active, next_token) -> None:
+    def add_prompt(self, seq: int, tokens: Sequence[int]) -> None:
         """A prompt's tokens (split across calls where they do not fit: the KV cache keeps the earlier ones)."""
         for pos, token in enumerate(tokens):
             if len(self.items) == self.engine.n_batch:
-                self.flush(active, next_token)
+                self.flush()
             last = pos == len(tokens) - 1
             if last:
                 self.firsts.append((len(self.items), seq))
             self.items.append((token, pos, (seq,), last))
 
-    def flush(self, active, next_token) -> None:
+    def flush(self) -> None:
         """Decode what was added; pick each sequence's next token and keep
         its draft up to the first token greedy picking would not choose."""
         if not self.items:
             return
-        engine = self.engine
+        engine, active = self.engine, self.active
         engine._decode(self.items)
         for seq, at, proposal in self.plans:
             k, pos = active[seq]
@@ -387,7 +389,7 @@ class _Step:
                 nxt = self.pick(k, engine._logits(at + kept))
             if kept < len(proposal):  # the rejected tokens' cells
                 engine._llama_cpp.llama_memory_seq_rm(engine._mem, seq, pos + 1 + kept, -1)
-            next_token[seq] = nxt
+            self.next_token[seq] = nxt
             active[seq] = (k, pos + 1 + kept)
             if self.stats is not None:
                 self.stats["steps"] += 1
