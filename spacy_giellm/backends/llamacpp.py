@@ -380,9 +380,8 @@ class LlamaCppBackend(LocalModelBackend):
         the bench's ceiling for any batching (a decoding step of a few rows
         runs the same matmuls slower)."""
         engine = self._engine(1)
-        n = max(1, min(n_tokens, engine.n_batch, self.n_ctx))
-        return {"prompt": engine.time_pass(n, all_logits=False) / n,
-                "generated": engine.time_pass(n, all_logits=True) / n}
+        return {"prompt": engine.time_pass(n_tokens, all_logits=False),
+                "generated": engine.time_pass(n_tokens, all_logits=True)}
 
     def decoding_stats(self, reset: bool = False) -> Dict[str, int]:
         """Sequence steps decoded, tokens drafted and drafted tokens kept

@@ -197,20 +197,21 @@ class SequenceBatcher:
         reserved: Dict[int, int] = {}  # seq -> cells reserved
         budget_left = self.n_ctx
         next_token: Dict[int, int] = {}
+
+        def first(seq: int, logits) -> None:
+            k = active[seq][0]
+            if scores is not None:
+                scores[k] = _log_softmax_rows(logits, [c[0] for c in cand])  # type: ignore[union-attr]
+            next_token[seq] = pick(k, logits)
+
+        # each round, one batch: each prefilled sequence's next token (with
+        # its forced tokens and its draft), and the new prompts, so that a
+        # prompt's prefill shares the weights' pass with the others' decoding
+        # step (a step of a few rows alone runs the matmuls at a fraction of
+        # the rate a longer batch does)
+        step = _Step(self, pick, is_end, first, results, stats, active, next_token)
         self._clear()
         while queue or active:
-            def first(seq: int, logits) -> None:
-                k = active[seq][0]
-                if scores is not None:
-                    scores[k] = _log_softmax_rows(logits, [c[0] for c in cand])  # type: ignore[union-attr]
-                next_token[seq] = pick(k, logits)
-
-            # one batch: each prefilled sequence's next token (with its
-            # forced tokens and its draft), and the new prompts, so that a
-            # prompt's prefill shares the weights' pass with the others'
-            # decoding step (a step of a few rows alone runs the matmuls at
-            # a fraction of the rate a longer batch does)
-            step = _Step(self, pick, is_end, first, results, stats, active, next_token)
             for seq, (k, pos) in list(active.items()):
                 token = next_token.pop(seq)
                 done = is_end(token)
@@ -311,9 +312,9 @@ class SequenceBatcher:
                 self._llama_cpp.llama_memory_seq_rm(self._mem, copy, -1, -1)
 
     def time_pass(self, n_tokens: int, all_logits: bool, repeat: int = 3) -> float:
-        """Seconds for one `llama_decode` of `n_tokens` tokens of one
-        sequence (best of `repeat`), with logits for every token or for the
-        last only: the kernels' rate at a shape that suits them, which
+        """Seconds per token of one `llama_decode` of `n_tokens` tokens of
+        one sequence (at most `n_batch`; best of `repeat`), with logits for
+        every token or for the last only: the kernels' rate at a shape that suits them, which
         bounds what any batching of the same tokens can reach."""
         import time
 
@@ -326,7 +327,7 @@ class SequenceBatcher:
             self._decode([(token, pos, (0,), all_logits or pos == n - 1) for pos in range(n)])
             best = min(best, time.perf_counter() - start)
         self._clear()
-        return best
+        return best / n
 
     # --------------------------------------------------------------- scoring
 
