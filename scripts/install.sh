@@ -4,6 +4,15 @@
 # llama-cpp-python compiles from source the first time (about 5 min on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# About 4 GB are used: the venv (2 GB with CPU torch), llama-cpp-python's
+# build, and, once the demo or the tests run, the dequantized Gemma base in
+# ~/.cache/spacy-giellm (1.1 GB). Say so up front: pip's own "No space left
+# on device" comes minutes in and does not say how much was needed.
+free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt 4000000 ]; then
+    echo "install.sh: warning: $((free_kb / 1024)) MB free on the disk of $PWD; about 4 GB are needed (.venv 2 GB, the llama-cpp-python build, the base model cache 1.1 GB)" >&2
+fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q torch==2.13.0
