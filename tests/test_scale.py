@@ -222,6 +222,115 @@ def test_prompt_too_long_for_the_context(tiny_gguf):
         backend.close()
 
 
+def test_more_sequences_than_n_batch(tiny_gguf):
+    """A step holds a token of every sequence: with fewer n_batch slots than
+    sequences llama.cpp aborted the process (GGML_ASSERT); the batcher now
+    raises n_batch to the sequences, and more sequences than n_ctx cells is
+    a clear error."""
+    import numpy as np
+
+    from spacy_giellm.backends.llamacpp import make_llamacpp_backend
+    from spacy_giellm.backends.llamacpp_batch import SequenceBatcher
+
+    backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=512, max_new_tokens=8, n_threads=1).load()
+    try:
+        tokens = backend._prompt_ids(PROMPTS * 4)
+        pick = lambda k, logits: int(np.argmax(logits))  # noqa: E731
+        expected = backend._engine(1).generate(tokens, 8, lambda t: False, pick, parallel=1)[0]
+        engine = SequenceBatcher(backend.llama, n_ctx=512, n_seq=len(tokens), n_threads=1, n_batch=4)
+        try:
+            assert engine.n_batch >= len(tokens)
+            assert engine.generate(tokens, 8, lambda t: False, pick)[0] == expected
+        finally:
+            engine.close()
+        with pytest.raises(ValueError, match="20 sequences do not fit n_ctx=16"):
+            SequenceBatcher(backend.llama, n_ctx=16, n_seq=20, n_threads=1)
+        # the backend keeps its sequences within n_ctx: n_parallel 100 in 64 cells runs
+        small = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=64, max_new_tokens=4, n_threads=1,
+                                      n_parallel=100)
+        try:
+            assert small.generate_ids(["猫", "犬"]) == [small.generate_ids([p])[0] for p in ("猫", "犬")]
+        finally:
+            small.close()
+    finally:
+        backend.close()
+
+
+def test_bad_decoding_settings_are_errors_not_hangs(tiny_gguf):
+    """n_parallel below 1 (set after construction, as the bench does) left
+    nothing to admit and looped forever; max_new_tokens 0 gave a token."""
+    import signal
+
+    from spacy_giellm.backends.llamacpp import make_llamacpp_backend
+
+    def hung(*_):
+        raise TimeoutError("generate hung")
+
+    backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=256, max_new_tokens=4, n_threads=1).load()
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        for name, value, message in (("n_parallel", -1, "parallel"), ("n_parallel", 0, "parallel"),
+                                     ("max_new_tokens", 0, "max_new_tokens")):
+            saved = getattr(backend, name)
+            setattr(backend, name, value)
+            try:
+                with pytest.raises(ValueError, match=rf"{message}\b.* must be >= 1, got {value}"):
+                    backend.generate(PROMPTS[:2])
+            finally:
+                setattr(backend, name, saved)
+        assert len(backend.generate(PROMPTS[:2])) == 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        backend.close()
+
+
+def test_label_scoring_fits_every_prompt_the_component_lets_through(tiny_gguf):
+    """Scoring a text label of several tokens puts its later tokens in
+    scratch cells beside the prompt. Where they outnumber max_new_tokens,
+    max_prompt_tokens (what the component cuts docs to) leaves room for
+    them: a prompt at that limit is scored, not refused mid-batch."""
+    from spacy_giellm.backends.llamacpp import make_llamacpp_backend
+
+    task = get_task({"name": "long-labels", "text_labels": ["良い知らせ", "悪い知らせ"],
+                     "word_levels": [{"kind": "entities", "instruction": "Named Entity Recognition",
+                                      "labels": ["人名"]}]})
+    backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=128, max_new_tokens=2, n_threads=1,
+                                    task=task).load()
+    try:
+        markers = [f"<{label}>" for label in task.text_labels]
+        scratch = sum(len(backend._candidate_ids(m)) - 1 for m in markers)
+        assert scratch > backend.max_new_tokens  # else this test shows nothing
+        limit = backend.max_prompt_tokens()
+        assert limit <= backend.n_ctx - scratch
+        text = "".join(TEXTS) * 4
+        n = len(text)
+        while len(backend.encode_prompt(build_input(text[:n], task))) > limit:
+            n -= 1
+        prompt = build_input(text[:n], task)
+        assert len(backend.encode_prompt(prompt)) > limit - 3  # at (or next to) the limit
+        outputs, rows = backend.generate_scored([PROMPTS[0], prompt], markers)
+        assert len(outputs) == 2 and all(sum(row.values()) == pytest.approx(1.0) for row in rows)
+    finally:
+        backend.close()
+
+
+def test_an_empty_prompt_without_bos_is_named_when_scoring(tiny_gguf):
+    from spacy_giellm.backends.llamacpp import make_llamacpp_backend
+
+    backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=256, max_new_tokens=4, n_threads=1,
+                                    task=TASK).load()
+    try:
+        backend._meta["add_bos_token"] = False  # a GGUF whose tokenizer adds none: "" has no tokens
+        for call in (backend.generate, lambda ps: backend.label_scores(ps, CANDIDATES),
+                     lambda ps: backend.generate_scored(ps, CANDIDATES)):
+            with pytest.raises(ValueError, match="empty prompt and no BOS token"):
+                call(["", PROMPTS[0]])
+    finally:
+        backend.close()
+
+
 def test_constrained_needs_a_task(tiny_model_dir):
     from spacy_giellm.backends.hf import make_hf_backend
 

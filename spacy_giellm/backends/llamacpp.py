@@ -237,8 +237,23 @@ class LlamaCppBackend(LocalModelBackend):
         return [len(self.encode_prompt(p)) for p in prompts]
 
     def max_prompt_tokens(self) -> int:
-        # one sequence alone in the KV cache: its prompt and all its new tokens
-        return self.n_ctx - self.max_new_tokens
+        # one sequence alone in the KV cache: its prompt and all its new
+        # tokens, or its prompt and the scratch tokens that score the task's
+        # text labels (freed before the output grows: the larger of the two)
+        return self.n_ctx - max(self.max_new_tokens, self._label_scratch_tokens())
+
+    def _label_scratch_tokens(self) -> int:
+        """At most the tokens after the first of each of the bound task's
+        label markers: the scratch cells that scoring them takes beside a
+        prompt. Bounded by the markers' bytes (a token holds at least one;
+        the bound's slack only matters where it passes max_new_tokens), so
+        that the limit needs no model loaded: counting prompts from the
+        response cache loads none."""
+        if self.task is None or not self.task.text_labels:
+            return 0
+        from ..format import label_marker
+
+        return sum(len(label_marker(label).encode("utf-8")) for label in self.task.text_labels)
 
     def _piece(self, token: int) -> bytes:
         import llama_cpp
@@ -304,7 +319,8 @@ class LlamaCppBackend(LocalModelBackend):
         """The decoding context for n_parallel prompts, each with a scratch
         sequence per multi-token candidate (as many as llama.cpp allows)."""
         per = 1 + sum(len(ids) > 1 for ids in cand_ids)
-        return self._engine(max(per, min(self.n_parallel * per, _max_sequences())))
+        # every sequence needs a KV cell: no more of them than n_ctx
+        return self._engine(max(per, min(self.n_parallel * per, _max_sequences(), self.n_ctx)))
 
     def _picker(self, prompts: Sequence[str]):
         """(pick, jump): pick(k, logits) -> the greedy next token of prompt k;
@@ -347,14 +363,16 @@ class LlamaCppBackend(LocalModelBackend):
 
     def _prompt_ids(self, prompts: Sequence[str]) -> List[List[int]]:
         tokens = []
+        limit = self.max_prompt_tokens()
         for prompt in prompts:
             ids = self.encode_prompt(prompt)
             if not ids:
                 raise ValueError("giellm.LlamaCpp.v1: empty prompt and no BOS token to start from")
-            if len(ids) > self.max_prompt_tokens():  # else its output would be cut short, silently
+            if len(ids) > limit:  # else its output would be cut short, silently
                 raise ValueError(
                     f"giellm.LlamaCpp.v1: prompt of {len(ids)} tokens does not fit n_ctx={self.n_ctx} "
-                    f"with max_new_tokens={self.max_new_tokens} (raise n_ctx, or shorten the text)"
+                    f"with max_new_tokens={self.max_new_tokens} (at most {limit} prompt tokens; "
+                    "raise n_ctx, or shorten the text)"
                 )
             tokens.append(ids)
         return tokens
@@ -416,7 +434,7 @@ class LlamaCppBackend(LocalModelBackend):
         once, up to n_parallel together; a candidate of several tokens
         continues a copy of its prompt's KV cells (`llama_memory_seq_cp`)."""
         self.load()
-        return self._engine_for(cand_ids).score([self.encode_prompt(p) for p in prompts], cand_ids)
+        return self._engine_for(cand_ids).score(self._prompt_ids(prompts), cand_ids)
 
     # ------------------------------------------------------ response cache
 

@@ -72,9 +72,14 @@ class SequenceBatcher:
 
         if n_seq < 1:
             raise ValueError(f"n_seq must be >= 1, got {n_seq}")
+        if n_seq > n_ctx:
+            raise ValueError(f"{n_seq} sequences do not fit n_ctx={n_ctx}: each needs a cell of the KV cache")
         self.n_ctx = int(n_ctx)
         self.n_seq = int(n_seq)
-        self.n_batch = int(min(n_batch, n_ctx))
+        # a decoding step holds a token of every sequence, and llama.cpp sizes
+        # a call's outputs by n_batch: fewer than n_seq aborts the process
+        # (GGML_ASSERT n_outputs_max), so n_batch is at least n_seq
+        self.n_batch = int(max(min(n_batch, n_ctx), n_seq))
         self._llama_cpp = llama_cpp
         # the model's own context settings (rope, attention kernels...), so
         # that both contexts compute the same numbers
@@ -175,6 +180,13 @@ class SequenceBatcher:
         output so far (see the module docstring); they are appended without
         logits. Without candidates, the ones that open the output are fed
         with the prompt."""
+        if parallel is not None and parallel < 1:
+            raise ValueError(f"parallel (n_parallel) must be >= 1, got {parallel}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        for k, prompt in enumerate(prompts):
+            if not prompt:
+                raise ValueError(f"prompt {k} has no tokens (an empty prompt and no BOS token to start from)")
         cand = [list(c) for c in candidates] if candidates is not None else None
         multi = [c for c, ids in enumerate(cand or ()) if len(ids) > 1]
         if cand is not None and any(not c for c in cand):
@@ -249,15 +261,18 @@ class SequenceBatcher:
             admitted: Dict[int, Sequence[int]] = {}
             while queue and free_seqs:
                 k = queue[-1]
-                need = len(prompts[k]) + max_new_tokens + extra
+                # the candidates' scratch cells are freed before the output
+                # grows: the larger of the two, not both
+                need = len(prompts[k]) + max(max_new_tokens, extra)
                 if need > self.n_ctx:
                     need = self.n_ctx  # alone in the context it gets what is left
                 if need > budget_left and (active or admitted):
                     break
                 queue.pop()
                 seq = free_seqs.pop()
-                if len(prompts[k]) + extra >= self.n_ctx:
-                    raise ValueError(f"prompt of {len(prompts[k])} tokens does not fit n_ctx={self.n_ctx}")
+                if len(prompts[k]) + max(extra, 1) > self.n_ctx:
+                    scratch_note = f" and its {extra} scratch tokens for the label candidates" if extra else ""
+                    raise ValueError(f"prompt of {len(prompts[k])} tokens{scratch_note} does not fit n_ctx={self.n_ctx}")
                 reserved[seq] = need
                 budget_left -= need
                 # the tokens that must open the output, fed with the prompt
