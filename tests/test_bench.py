@@ -30,12 +30,15 @@ def testshared_tokens():
 
 
 def test_bench_reports_all_fields(tiny_model_dir, tiny_gguf):
-    cfg = BenchConfig(model=str(tiny_model_dir), gguf=str(tiny_gguf), n=4, batch_size=2, max_new_tokens=4, repeat=1)
+    cfg = BenchConfig(model=str(tiny_model_dir), gguf=str(tiny_gguf), n=4, batch_size=4, max_new_tokens=4, repeat=1)
     results = run_bench(cfg)
     assert set(results["backends"]) == {"hf", "gguf"}
-    assert results["backends"]["gguf"]["parallel"] == 8  # llama.cpp's default n_parallel, not the batch size
-    assert results["backends"]["hf"]["parallel"] == 2  # the HF batch: the component's
-    assert {f["batch_size"] for f in results["backends"].values()} == {2}
+    # llama.cpp's default n_parallel (8) within the component's batches of 4:
+    # 4 decode together, and that is what is reported
+    assert results["backends"]["gguf"]["parallel"] == 4
+    assert results["backends"]["hf"]["parallel"] == 4  # the HF batch: the component's
+    assert {f["batch_size"] for f in results["backends"].values()} == {4}
+    assert all(f["docs_per_s_parallel_8"] is None for f in results["backends"].values())  # not 8 at a time
     for kind, figures in results["backends"].items():
         for key, _ in FIELDS:
             assert key in figures, (kind, key)
@@ -79,11 +82,14 @@ def test_bench_command_builds_the_tiny_model(tmp_path):
     assert only.exit_code == 0, only.output
     figures = json.loads(out.read_text(encoding="utf-8"))["backends"]["gguf"]
     assert figures["compute_limit_docs_per_s"] > 0 and figures["docs_per_s_parallel_4"] is None
-    set_parallel = CliRunner().invoke(app, ["bench", "--n", "2", "--batch-size", "2", "--max-new-tokens", "2",
+    set_parallel = CliRunner().invoke(app, ["bench", "--n", "2", "--batch-size", "4", "--max-new-tokens", "2",
                                             "--repeat", "1", "--backend", "gguf", "--parallel", "3", "--step", "limits",
                                             "--json", str(out)])
     assert set_parallel.exit_code == 0, set_parallel.output
     assert json.loads(out.read_text(encoding="utf-8"))["backends"]["gguf"]["parallel"] == 3
+    # more than a batch never decode together: an error, not a figure that claims it
+    above = CliRunner().invoke(app, ["bench", "--n", "2", "--batch-size", "2", "--parallel", "3", "--backend", "gguf"])
+    assert above.exit_code == 1 and "--parallel 3 is above --batch-size 2" in above.output
     assert CliRunner().invoke(app, ["bench", "--step", "nap"]).exit_code == 1
     bad = CliRunner().invoke(app, ["bench", "--backend", "tpu"])
     assert bad.exit_code == 1 and "unknown --backend" in bad.output

@@ -85,3 +85,10 @@ class BenchConfig:
     # optional steps to run (None: all but "ginza"); the component, outside-
     # the-model and token-rate figures are always measured
     steps: Optional[Sequence[str]] = None
+
+    def __post_init__(self) -> None:
+        if self.parallel is not None and self.parallel > self.batch_size:
+            # the component hands the backend batch_size prompts per call:
+            # more never decode together, and the figures would claim they did
+            raise ValueError(f"--parallel {self.parallel} is above --batch-size {self.batch_size}: at most "
+                             "--batch-size prompts decode together; raise --batch-size too")

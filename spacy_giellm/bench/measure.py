@@ -248,7 +248,7 @@ class _Run:
         attr = _PARALLEL[self.kind]
         saved = getattr(self.backend, attr)
         try:
-            for n in PARALLEL_SWEEP:
+            for n in (n for n in PARALLEL_SWEEP if n <= self.cfg.batch_size):  # more never decode together
                 setattr(self.backend, attr, n)
                 t, _ = self.best(self.generate)
                 out[f"docs_per_s_parallel_{n}"] = len(self.texts) / t
@@ -397,6 +397,8 @@ def load_backend(kind: str, cfg: BenchConfig, model_dir: Optional[str], gguf_pat
         parallel = {"n_parallel": cfg.parallel} if cfg.parallel else {}  # else the backend's default
         backend = make_llamacpp_backend(model_path=gguf_path, max_new_tokens=cfg.max_new_tokens,
                                         n_threads=cfg.threads, **parallel)
+        # at most a component batch decodes together: report what runs
+        backend.n_parallel = min(backend.n_parallel, cfg.batch_size)
         # room for every sequence decoding together (read before loading)
         backend.n_ctx = 2048 * max(1, -(-backend.n_parallel * (cfg.max_new_tokens + 128) // 2048))
         return backend.load()
