@@ -8,8 +8,12 @@ Round-trip domain (what `parse(render(a), task, text) == a` promises):
   its word level and does not start or end with whitespace (outputs are
   stripped);
 - a tuple argument (relation, event) does not start or end with `:` or `;`
-  (it may hold `:`, `;`, even `;KnownLabel;`, or be a label itself: the
-  reading whose fields occur in the text wins);
+  and holds no `::` (it may hold `:`, `;`, even `;KnownLabel;`, or be a
+  label itself: the reading whose fields occur in the text wins). `::` is
+  where one piece ends and the next begins: an argument holding it can be
+  read as two pieces whose fields all occur in the text too (`:発;発売;
+  発売;:東京::<;...` from text `発売;:東京::<;東京`), and then the reading
+  with more fields wins: a known ambiguity of the format, outside the domain;
 - for a task whose tuple labels are unknown (built-in TCREE) arguments hold
   no `;` and no `::` (nothing to anchor on: the parser splits on them).
 """
@@ -59,10 +63,10 @@ def _bad_pair_span(span: str, labels: Sequence[str]) -> bool:
 
 
 def _bad_arg(arg: str, labels: Sequence[str]) -> bool:
-    if arg[0] in ":;" or arg[-1] in ":;":
+    if arg[0] in ":;" or arg[-1] in ":;" or "::" in arg:
         return True
     if not labels:
-        return ";" in arg or "::" in arg
+        return ";" in arg
     return False
 
 
