@@ -240,15 +240,15 @@ class LlamaCppBackend(LocalModelBackend):
         # one sequence alone in the KV cache: its prompt and all its new
         # tokens, or its prompt and the scratch tokens that score the task's
         # text labels (freed before the output grows: the larger of the two)
-        return self.n_ctx - max(self.max_new_tokens, self._label_scratch_tokens())
+        return self.n_ctx - max(self.max_new_tokens, self._label_scratch_bound())
 
-    def _label_scratch_tokens(self) -> int:
-        """At most the tokens after the first of each of the bound task's
-        label markers: the scratch cells that scoring them takes beside a
-        prompt. Bounded by the markers' bytes (a token holds at least one;
-        the bound's slack only matters where it passes max_new_tokens), so
-        that the limit needs no model loaded: counting prompts from the
-        response cache loads none."""
+    def _label_scratch_bound(self) -> int:
+        """An upper bound on the scratch cells that scoring the bound task's
+        label markers takes beside a prompt (each marker's tokens after its
+        first): the markers' bytes, as a token holds at least one. A bound,
+        not a count, so that the limit needs no model loaded (counting
+        prompts from the response cache loads none); its slack only matters
+        where it passes max_new_tokens."""
         if self.task is None or not self.task.text_labels:
             return 0
         from ..format import label_marker
