@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's real-model speed table: a Gemma 3 270M fine-tuned for
+# The real-model speed table (benchmarks/decoding-speed.md): a Gemma 3 270M fine-tuned for
 # stockmark NER (merged HF dir and its GGUFs), on held-out sentences, all
 # cores, wall clock (run it on a quiet machine).
 #   scripts/bench_gemma.sh MERGED_DIR GGUF_DIR TEST.jsonl OUT [N]

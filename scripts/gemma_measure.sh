@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's quality measurement on a pretrained base: Gemma 3 270M LoRA on
+# The quality measurement on a pretrained base (benchmarks/quality-public-corpora.md): Gemma 3 270M LoRA on
 # the public corpora (stockmark NER + jrte sentiment, one fixed split) for a
 # CPU-time budget, exported to Q8_0 and Q4_K_M and evaluated through the
 # giellm component on ja_ginza docs; next to spaCy's own components trained

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's stockmark measurement: GIELLM (tiny Llama from scratch, CPU)
+# The stockmark measurement (benchmarks/quality-public-corpora.md, its last row): GIELLM (tiny Llama from scratch, CPU)
 # next to ja_ginza's NER and a spaCy `ner`, on one fixed held-out 10%.
 #   scripts/stockmark_measure.sh [ner.json] [out dir] [CPU seconds of training]
 # The budget is process CPU time with ONE thread per process (THREADS), so

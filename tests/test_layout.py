@@ -1,6 +1,9 @@
 """The package's import graph: the core stays light and below the
-component, and no module imports one that (indirectly) imports it."""
+component, and no module imports one that (indirectly) imports it. And the
+documentation's layout: a short README, and no relative link in README.md,
+docs/ or benchmarks/ that points nowhere."""
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +136,70 @@ def test_no_arrow_from_core_up():
 def test_cycle_finder_finds_one():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
+# The documentation: a short README for users, the rest in docs/ and benchmarks/.
+
+ROOT = PACKAGE.parent
+README_MAX_LINES = 300
+_LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def _markdown_files() -> List[Path]:
+    return [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md")) + sorted((ROOT / "benchmarks").glob("*.md"))
+
+
+def _outside_code(text: str) -> str:
+    """The text less fenced blocks and inline code, where brackets are not links."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def _anchors(path: Path) -> Set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens;
+    a repeated heading gets -1, -2, ..."""
+    seen: Dict[str, int] = {}
+    anchors = set()
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf8"), flags=re.S | re.M)
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.replace("`", "").lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+def _relative_links(path: Path) -> List[str]:
+    return [t for t in _LINK.findall(_outside_code(path.read_text(encoding="utf8")))
+            if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+def test_readme_is_short():
+    n = len((ROOT / "README.md").read_text(encoding="utf8").splitlines())
+    assert n <= README_MAX_LINES, f"README.md has {n} lines; move detail into docs/ or benchmarks/"
+
+
+def test_every_relative_link_in_the_docs_resolves():
+    files = _markdown_files()
+    assert len(files) > 10 and (ROOT / "docs" / "architecture.md") in files
+    broken = []
+    n_links = 0
+    for path in files:
+        for target in _relative_links(path):
+            n_links += 1
+            file_part, _, anchor = target.partition("#")
+            dest = (path.parent / file_part).resolve() if file_part else path
+            if not dest.exists():
+                broken.append(f"{path.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
+    assert n_links > 50  # the check reads the links it should
+    assert broken == []
+
+
+def test_link_checker_sees_a_broken_link_and_an_anchor(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("# A `b` (c)\n\n[x](missing.md) ![pic](p.md#a-b-c) `[no](code.md)`\n```\n[no](fence.md)\n```\n",
+                    encoding="utf8")
+    assert _relative_links(page) == ["missing.md", "p.md#a-b-c"]
+    assert _anchors(page) == {"a-b-c"}
