@@ -8,15 +8,16 @@ Round-trip domain (what `parse(render(a), task, text) == a` promises):
   its word level and does not start or end with whitespace (outputs are
   stripped);
 - a tuple argument (relation, event) does not start or end with `:` or `;`
-  and holds no `::` (it may hold `:`, `;`, even `;KnownLabel;`, or be a
-  label itself: the reading whose fields occur in the text wins). `::` is
-  where one piece ends and the next begins: an argument holding it can be
-  read as two pieces whose fields all occur in the text too (`:発;発売;
-  発売;:東京::<;...` from text `発売;:東京::<;東京`), and then the reading
-  with more fields wins: a known ambiguity of the format, outside the domain;
+  and holds no piece boundary `::` (it may hold `:`, `;`, even
+  `;KnownLabel;`, or be a label itself: the reading whose fields occur in
+  the text wins). An argument holding `::` is a limit of the format
+  (docs/tasks.md, "The format"): the output can also be read as more
+  pieces whose fields occur in the text, and that reading wins;
+  `test_an_argument_holding_a_piece_boundary_reads_as_two_pieces` pins it;
 - for a task whose tuple labels are unknown (built-in TCREE) arguments hold
   no `;` and no `::` (nothing to anchor on: the parser splits on them).
 """
+import re
 from typing import List, Sequence
 
 import pytest
@@ -25,6 +26,8 @@ from hypothesis import strategies as st
 
 from spacy_giellm.annotation import Annotation, Mention, Relation
 from spacy_giellm.format import (
+    _colon_cuts,
+    _delims,
     build_input,
     candidate_markers,
     label_marker,
@@ -62,11 +65,14 @@ def _bad_pair_span(span: str, labels: Sequence[str]) -> bool:
     return span != span.strip() or any(pair_marker(label) in span for label in labels)
 
 
-def _bad_arg(arg: str, labels: Sequence[str]) -> bool:
-    if arg[0] in ":;" or arg[-1] in ":;" or "::" in arg:
+def _bad_arg(arg: str, wl: WordLevel, task: Task) -> bool:
+    # the parser's own delimiters and piece boundaries, not a copy of them
+    colon, semi = _delims(task.fullwidth_delimiters)
+    edge = f"(?:{colon}|{semi})"
+    if re.match(edge, arg) or re.search(f"{edge}$", arg) or _colon_cuts(arg, colon):
         return True
-    if not labels:
-        return ";" in arg
+    if not wl.labels:
+        return re.search(semi, arg) is not None
     return False
 
 
@@ -88,7 +94,7 @@ def annotations(draw: st.DrawFn, task: Task) -> Annotation:
         span = substrings.filter(lambda s: not _bad_pair_span(s, wl.labels))
         items = draw(st.lists(st.builds(Mention, item_labels, span), max_size=4))
     else:
-        arg = substrings.filter(lambda s: not _bad_arg(s, wl.labels))
+        arg = substrings.filter(lambda s: not _bad_arg(s, wl, task))
         args = st.tuples(*[arg] * (wl.arity - 1))
         items = draw(st.lists(st.builds(Relation, item_labels, args), max_size=3))
     setattr(ann, wl.kind, items)
@@ -132,6 +138,29 @@ def test_round_trip(name: str, data: st.DataObject) -> None:
     assert result.annotation == ann
     assert parse_input(model_input, task) == (ann.text, ann.instruction)
 
+
+
+def test_an_argument_holding_a_piece_boundary_reads_as_two_pieces() -> None:
+    """The format's documented limit (docs/tasks.md): `::` ends one tuple
+    piece and starts the next, so an argument holding it renders to an
+    output that also reads as two pieces; where all their fields occur in
+    the text, that reading wins. A single `:` inside an argument is read back."""
+    task = TCREE_LABELLED
+    text = "A社は「B社::C社;買収;D社」と提携"
+    ann = Annotation(text=text, task=task.name, label="IT", instruction="Relation Extraction",
+                     relations=[Relation("提携", ("A社", "B社::C社;買収;D社"))])
+    model_input, output = to_pair(ann, task)
+    assert output == "<IT>Relation Extraction:A社;提携;B社::C社;買収;D社:"
+    result = parse_output(output, task, text)
+    assert result.problems == []
+    assert result.annotation.relations == [Relation("提携", ("A社", "B社")), Relation("買収", ("C社", "D社"))]
+    assert _bad_arg("B社::C社;買収;D社", task.word_level("Relation Extraction"), task)  # outside the round-trip domain
+
+    one_colon = text.replace("::", ":")
+    ann = Annotation(text=one_colon, task=task.name, label="IT", instruction="Relation Extraction",
+                     relations=[Relation("提携", ("A社", "B社:C社;買収;D社"))])
+    assert parse_output(to_pair(ann, task)[1], task, one_colon).annotation == ann
+    assert not _bad_arg("B社:C社;買収;D社", task.word_level("Relation Extraction"), task)
 
 def test_input_and_output_shape() -> None:
     task = get_task("scnm")
