@@ -74,7 +74,7 @@ def test_hf_label_scores_match_one_forward_per_candidate(hf):
     assert len(hf.tokenizer("<自然科学>", add_special_tokens=False)["input_ids"]) > 2
     scores = hf.label_scores(PROMPTS[:5], candidates)
     assert len(scores) == 5
-    for prompt, row in zip(PROMPTS, scores):
+    for prompt, row in zip(PROMPTS[:5], scores, strict=True):
         assert list(row) == candidates
         assert sum(row.values()) == pytest.approx(1.0, abs=1e-5)
         assert list(row.values()) == pytest.approx(_brute_force(hf, prompt, candidates), abs=1e-4)
@@ -83,7 +83,9 @@ def test_hf_label_scores_match_one_forward_per_candidate(hf):
 
 def test_gguf_label_scores_match_hf(hf, gguf):
     candidates = CANDIDATES + ["<positive>", "人名"]
-    for a, b in zip(hf.label_scores(PROMPTS, candidates), gguf.label_scores(PROMPTS, candidates)):
+    hf_scores, gguf_scores = hf.label_scores(PROMPTS, candidates), gguf.label_scores(PROMPTS, candidates)
+    assert len(gguf_scores) == len(PROMPTS)
+    for a, b in zip(hf_scores, gguf_scores, strict=True):
         assert sum(b.values()) == pytest.approx(1.0, abs=1e-6)
         assert list(b.values()) == pytest.approx(list(a.values()), abs=2e-3)
 
@@ -93,7 +95,8 @@ def test_unconstrained_label_is_the_argmax_when_one_is_generated(hf, gguf):
     for backend in (hf, gguf):
         outputs = backend.generate(PROMPTS)
         scores = backend.label_scores(PROMPTS, CANDIDATES)
-        for out, row in zip(outputs, scores):
+        assert len(outputs) == len(PROMPTS)
+        for out, row in zip(outputs, scores, strict=True):
             started = [c for c in CANDIDATES if out.startswith(c)]
             if started:  # single-token labels: greedy picked the best of them
                 assert started[0] == max(row, key=row.get)
@@ -106,7 +109,7 @@ def test_unconstrained_label_is_the_argmax_when_one_is_generated(hf, gguf):
 def test_constrained_outputs_keep_to_the_format(hf, gguf):
     complete = 0
     for backend in (hf, gguf):
-        for text, out in zip(TEXTS, backend.generate(PROMPTS)):
+        for text, out in zip(TEXTS, backend.generate(PROMPTS), strict=True):
             auto = FormatAutomaton(TASK, text)
             # well-formed, or a prefix cut by max_new_tokens (maybe inside a character)
             state = auto.feed(auto.start, out.rstrip("\ufffd").encode())
@@ -121,10 +124,12 @@ def test_constrained_outputs_keep_to_the_format(hf, gguf):
 @pytest.mark.usefixtures("constrained")
 def test_constrained_label_is_the_argmax_and_backends_agree(hf, gguf):
     hf_ids, gg_ids = hf.generate_ids(PROMPTS), gguf.generate_ids(PROMPTS)
+    assert len(hf_ids) == len(gg_ids) == len(PROMPTS)
     assert sum(a == b for a, b in zip(hf_ids, gg_ids)) >= len(PROMPTS) - 1
     for backend in (hf, gguf):
         outputs = backend.generate(PROMPTS)
-        for out, row in zip(outputs, backend.label_scores(PROMPTS, CANDIDATES)):
+        assert len(outputs) == len(PROMPTS)
+        for out, row in zip(outputs, backend.label_scores(PROMPTS, CANDIDATES), strict=True):
             assert out.startswith(max(row, key=row.get)), (out, row)
 
 
@@ -358,8 +363,8 @@ def test_generate_scored_gives_both_from_one_prompt_pass(gguf, hf):
         outputs, scores = gguf.generate_scored(PROMPTS, CANDIDATES)
     finally:
         llamacpp_batch._Step.add_prompt = real_add
-    assert outputs == expected_outputs
-    for row, want in zip(scores, expected_scores):
+    assert outputs == expected_outputs and len(outputs) == len(PROMPTS)
+    for row, want in zip(scores, expected_scores, strict=True):
         assert list(row) == CANDIDATES
         for c in CANDIDATES:
             assert row[c] == pytest.approx(want[c], abs=1e-5)
@@ -367,7 +372,8 @@ def test_generate_scored_gives_both_from_one_prompt_pass(gguf, hf):
 
     hf_outputs, hf_scores = hf.generate_scored(PROMPTS, CANDIDATES)
     assert hf_outputs == hf.generate(PROMPTS)
-    for row, want in zip(hf_scores, hf.label_scores(PROMPTS, CANDIDATES)):
+    assert len(hf_outputs) == len(PROMPTS)
+    for row, want in zip(hf_scores, hf.label_scores(PROMPTS, CANDIDATES), strict=True):
         for c in CANDIDATES:
             assert row[c] == pytest.approx(want[c], abs=1e-5)
 
@@ -390,7 +396,8 @@ def test_component_takes_outputs_and_scores_from_one_call(gguf, nlp):
         type(gguf).label_scores = real
     assert calls == []  # no separate scoring pass
     want = gguf.label_scores([build_input(t, TASK) for t in TEXTS], CANDIDATES)
-    for doc, row in zip(docs, want):
+    assert len(docs) == len(TEXTS)
+    for doc, row in zip(docs, want, strict=True):
         for label in TASK.text_labels:
             assert doc.cats[label] == pytest.approx(row[f"<{label}>"], abs=1e-5)
 
@@ -585,7 +592,7 @@ def test_hf_labels_of_any_characters_mask_the_full_head(tiny_model_dir, monkeypa
     monkeypatch.setattr(hf_decode, "constrained_greedy", lambda *a, **k: called.append(1))
     backend = make_hf_backend(model=str(tiny_model_dir), device="cpu", batch_size=3, max_new_tokens=16,
                               task=task, constrained=True)
-    for text, out in zip(TEXTS, backend.generate([build_input(t, task) for t in TEXTS])):
+    for text, out in zip(TEXTS, backend.generate([build_input(t, task) for t in TEXTS]), strict=True):
         auto = FormatAutomaton(task, text)
         assert auto.feed(auto.start, out.rstrip("\ufffd").encode()) >= 0, out
     assert not called

@@ -113,7 +113,7 @@ def test_grammar_passthrough_gives_well_formed_outputs(server):
     task = get_task("scnm")
     backend = make_server_backend(url=url, max_new_tokens=24, constrained=True, task="scnm", concurrency=2)
     outs = backend.generate([build_input(t, task) for t in TEXTS[:4]])
-    for text, out in zip(TEXTS, outs):
+    for text, out in zip(TEXTS[:4], outs, strict=True):  # one output per prompt, none missing
         auto = FormatAutomaton(task, text)
         state = auto.feed(auto.start, out.encode())
         assert state >= 0, out  # accepted, or a live prefix cut by max_tokens
