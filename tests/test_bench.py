@@ -1,4 +1,6 @@
-"""The bench runs and reports every figure (timings are not checked)."""
+"""The bench runs and reports every figure. Timings are not checked against
+values (they depend on the machine), but the figures derived from the same
+timings must agree with each other, and the counts must be the inputs'."""
 from __future__ import annotations
 
 import json
@@ -8,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from spacy_giellm.bench import FIELDS, BenchConfig, format_table, load_texts, run_bench
-from spacy_giellm.bench.measure import shared_tokens
+from spacy_giellm.bench.measure import quality, shared_tokens
+from spacy_giellm.tasks import get_task
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +27,29 @@ def test_load_texts(tmp_path):
         load_texts(str(tmp_path / "none.json"))
 
 
-def testshared_tokens():
+def test_shared_tokens():
     assert shared_tokens([[1, 2, 3], [1, 2, 4], [5]]) == pytest.approx((2 + 2 + 0) / 3)
-    assert shared_tokens([[1]]) == 0.0
+    # each list's longest prefix shared with any other, whatever the order
+    assert shared_tokens([[1, 5], [1, 2, 3, 4], [1, 2, 9]]) == pytest.approx((1 + 2 + 2) / 3)
+    assert shared_tokens([[1, 2], [1, 2]]) == 2.0
+    assert shared_tokens([[1]]) == 0.0 and shared_tokens([]) == 0.0
+
+
+def test_quality_counts_malformed_outputs_label_agreement_and_entity_f1():
+    task = get_task("scnm")
+    records = [{"text": "東京に行く", "entities": [["地名", "東京"]]},
+               {"text": "大阪の会社", "entities": [["地名", "大阪"]]},
+               {"text": "日本", "entities": []}]
+    outputs = ["<社会>Named Entity Recognition:地名;東京",
+               "<学問>Named Entity Recognition:地名;京都",  # a span not in the text: malformed
+               "<自然>Named Entity Recognition"]
+    scores = [{"<社会>": 0.9, "<学問>": 0.1}, {"<社会>": 0.6, "<学問>": 0.4}, None]
+    got = quality(task, records, outputs, scores)
+    assert got["malformed_rate"] == pytest.approx(1 / 3)
+    assert got["label_argmax_agreement"] == pytest.approx(1 / 2)  # of the 2 with scores, 1 agrees
+    assert got["entity_f1"] == pytest.approx(2 * 1 / (2 + 2))  # 1 right of 2 predicted, 2 gold
+    no_gold = quality(task, [{"text": r["text"]} for r in records], outputs, None)
+    assert no_gold["entity_f1"] is None and no_gold["label_argmax_agreement"] is None
 
 
 def test_bench_reports_all_fields(tiny_model_dir, tiny_gguf):
@@ -39,6 +62,25 @@ def test_bench_reports_all_fields(tiny_model_dir, tiny_gguf):
     assert results["backends"]["hf"]["parallel"] == 4  # the HF batch: the component's
     assert {f["batch_size"] for f in results["backends"].values()} == {4}
     assert all(f["docs_per_s_parallel_8"] is None for f in results["backends"].values())  # not 8 at a time
+    texts = load_texts(None, 4)
+    for figures in results["backends"].values():
+        # the counts are the inputs'
+        assert figures["docs"] == 4 and figures["threads"] == cfg.threads
+        assert figures["chars_per_doc"] == pytest.approx(sum(len(r["text"]) for r in texts) / 4)
+        assert 0 < figures["new_tokens_per_doc"] <= cfg.max_new_tokens
+        assert 0 <= figures["shared_prefix_tokens"] <= figures["prompt_tokens_mean"]
+        # ratios are the ratios of the rates they come from
+        assert figures["component_efficiency"] == pytest.approx(
+            figures["component_docs_per_s"] / figures["backend_docs_per_s"])
+        assert figures["batch_speedup"] == pytest.approx(
+            figures["generate_docs_per_s"] / figures["one_at_a_time_docs_per_s"])
+        assert figures["constrained_speed_ratio"] == pytest.approx(
+            figures["constrained_docs_per_s"] / figures["generate_docs_per_s"])
+        for key in ("compute", "bandwidth"):
+            assert figures[f"share_of_{key}_limit"] == pytest.approx(
+                figures["component_docs_per_s"] / figures[f"{key}_limit_docs_per_s"])
+        for key in ("malformed_rate_unconstrained", "malformed_rate_constrained", "label_scores_share"):
+            assert 0 <= figures[key] <= 1, key
     for kind, figures in results["backends"].items():
         for key, _ in FIELDS:
             assert key in figures, (kind, key)
@@ -52,7 +94,8 @@ def test_bench_reports_all_fields(tiny_model_dir, tiny_gguf):
             assert isinstance(figures[key], float) and figures[key] > 0, (kind, key)
     gguf = results["backends"]["gguf"]
     assert gguf["kernel_ms_per_prompt_token"] > 0 and gguf["kernel_ms_per_generated_token"] > 0
-    assert gguf["kernel_limit_docs_per_s"] > 0 and gguf["share_of_kernel_limit"] > 0
+    assert gguf["kernel_limit_docs_per_s"] > 0
+    assert gguf["share_of_kernel_limit"] == pytest.approx(gguf["component_docs_per_s"] / gguf["kernel_limit_docs_per_s"])
     assert results["backends"]["hf"]["kernel_limit_docs_per_s"] is None  # llama.cpp only
     assert gguf["prompt_lookup_outputs_equal"] == 1.0 and gguf["prompt_lookup_outputs_equal_1"] == 1.0
     assert gguf["tokens_per_step"] >= 1.0
