@@ -113,14 +113,29 @@ TCREE = get_task("tcree").with_labels(
 # 9: the parser stays roughly linear on adversarial output
 
 
-def _cpu_seconds(output: str, repeat: int = 5) -> float:
-    best = float("inf")
-    for _ in range(3):
-        start = time.process_time()
-        for _ in range(repeat):
-            parse_output(output, TCREE)
-        best = min(best, time.process_time() - start)
-    return best
+def _chars_examined(output: str, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The characters the parser hands to its field splitter and its piece
+    cutter while reading `output`: the work the bounds MAX_FIELD_CUTS and
+    MAX_PIECE_CUTS keep linear. A count, not a CPU time, so that the load of
+    the machine cannot change it."""
+    from spacy_giellm import format as fmt
+
+    seen = [0]
+    split_fields, colon_cuts = fmt._split_fields, fmt._colon_cuts
+
+    def counting_split(part, *args):
+        seen[0] += len(part)
+        return split_fields(part, *args)
+
+    def counting_cuts(region, colon):
+        seen[0] += len(region)
+        return colon_cuts(region, colon)
+
+    with monkeypatch.context() as m:
+        m.setattr(fmt, "_split_fields", counting_split)
+        m.setattr(fmt, "_colon_cuts", counting_cuts)
+        parse_output(output, TCREE)
+    return seen[0]
 
 
 @pytest.mark.parametrize(
@@ -133,12 +148,15 @@ def _cpu_seconds(output: str, repeat: int = 5) -> float:
     ],
     ids=["long-region", "many-pieces"],
 )
-def test_parse_output_is_roughly_linear(shape):
+def test_parse_output_is_roughly_linear(shape, monkeypatch):
     small, large = shape(1), shape(4)
     assert len(large) > 3 * len(small)
-    # quadratic work would take ~10-16x as long; linear ~3-4x
-    ratio = _cpu_seconds(large) / _cpu_seconds(small)
-    assert ratio < 8, f"{len(small)} -> {len(large)} chars took {ratio:.1f}x the CPU time"
+    # linear work examines 4-4.6x the characters here; without the bounds
+    # (MAX_PIECE_CUTS unlimited) it is 11-16x
+    small_work, large_work = _chars_examined(small, monkeypatch), _chars_examined(large, monkeypatch)
+    assert small_work > len(small)  # the counters see the parser's work
+    ratio = large_work / small_work
+    assert ratio < 8, f"{len(small)} -> {len(large)} chars: {ratio:.1f}x the characters examined"
 
 
 # 13: alignment under NFKC over the whole string, one mention per occurrence
