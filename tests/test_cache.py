@@ -282,13 +282,18 @@ def test_evaluate_model_with_cache_reruns_from_it(tiny_gguf, tmp_path):
     gold.write_text("".join(json.dumps({"text": t, "task": "scnm", "label": "社会", "entities": []},
                                        ensure_ascii=False) + "\n" for t in TEXTS[:3]), encoding="utf8")
     runs = []
-    for out in ("first", "second"):
+    # an output-changing setting from the command line (`--setting`) is a new key
+    for out, more in (("first", []), ("second", []), ("one-at-a-time", ["-s", "n_parallel=1"])):
         result = CliRunner().invoke(app, ["evaluate-model", str(tiny_gguf), str(gold), "-o", str(tmp_path / out),
-                                          "--max-new-tokens", "8", "--cache", str(tmp_path / "responses.sqlite")])
+                                          "--max-new-tokens", "8", "--cache", str(tmp_path / "responses.sqlite"),
+                                          *more])
         assert result.exit_code == 0, result.output
         runs.append(json.loads((tmp_path / out / "metrics.json").read_text(encoding="utf8"))["cache"])
     assert (runs[0]["hits"], runs[0]["misses"]) == (0, 3)
     assert (runs[1]["hits"], runs[1]["misses"]) == (3, 0)
+    assert (runs[2]["hits"], runs[2]["misses"]) == (0, 3)
+    metrics = json.loads((tmp_path / "one-at-a-time" / "metrics.json").read_text(encoding="utf8"))
+    assert metrics["backend"]["n_parallel"] == 1
     assert (tmp_path / "first" / "predictions.jsonl").read_bytes() == (tmp_path / "second" / "predictions.jsonl").read_bytes()
 
 

@@ -123,3 +123,29 @@ def test_a_backend_from_settings_is_the_factory_one(tiny_gguf):
     finally:
         made.close()
         other.close()
+
+
+def test_backend_config_takes_any_setting_by_name_and_type(tiny_gguf, tmp_path):
+    """`evaluate-model --setting NAME=VALUE` / `backend_config(settings=...)`:
+    any field of the chosen backend's settings, read by its type and
+    validated at once, naming the field."""
+    from typer.testing import CliRunner
+
+    from spacy_giellm.cli import app
+    from spacy_giellm.training.evaluate import backend_config
+
+    cfg = backend_config(tiny_gguf, settings={"jump_forward": "false", "n_threads": "none", "prompt_lookup": 3})
+    assert (cfg["jump_forward"], cfg["n_threads"], cfg["prompt_lookup"]) == (False, None, 3)
+    assert backend_config("org/model", settings={"dtype": "bfloat16"})["dtype"] == "bfloat16"
+    for bad, message in (({"batch_size": "2"}, "giellm.LlamaCpp.v1: no setting 'batch_size'"),
+                         ({"n_parallel": "many"}, "n_parallel='many': expected int"),
+                         ({"n_parallel": "0"}, "n_parallel must be >= 1, got 0"),
+                         ({"jump_forward": "maybe"}, "jump_forward='maybe': expected bool")):
+        with pytest.raises(ValueError, match=message):
+            backend_config(tiny_gguf, settings=bad)
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text('{"text": "日本", "task": "scnm", "label": "社会", "entities": []}\n', encoding="utf8")
+    for arg, message in (("n_parallel", "write NAME=VALUE"), ("n_parallel=0", "n_parallel must be >= 1")):
+        result = CliRunner().invoke(app, ["evaluate-model", str(tiny_gguf), str(gold), "-o", str(tmp_path / "m"),
+                                          "-s", arg])
+        assert result.exit_code != 0 and message in result.output, result.output

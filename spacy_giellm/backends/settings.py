@@ -33,7 +33,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple, Type, TypeVar
 
 __all__ = [
     "OUTPUTS", "MODEL", "SPEED", "setting", "BackendSettings", "HFSettings", "LlamaCppSettings", "ServerSettings",
-    "Configurable", "SettingAttribute", "output_fields", "SERVER_KINDS", "base_url",
+    "Configurable", "SettingAttribute", "output_fields", "SERVER_KINDS", "base_url", "point_at_model_file",
+    "settings_class_for", "setting_value",
 ]
 
 OUTPUTS = "outputs"
@@ -343,3 +344,49 @@ def point_at_model_file(backend: Any, path: Any) -> bool:
         return False
     backend.reconfigure(dataclasses.replace(backend.settings, model_path=str(path)))
     return True
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def settings_class_for(backend_name: str) -> Type[BackendSettings]:
+    """The settings dataclass of a built-in backend (its registered name)."""
+    for cls in (HFSettings, LlamaCppSettings, ServerSettings):
+        if cls.backend_name == backend_name:
+            return cls
+    raise ValueError(f"no settings known for the backend {backend_name!r}")
+
+
+def setting_value(settings_class: Type[BackendSettings], name: str, text: str) -> Any:
+    """The value of the field `name` that `text` writes (a command line's
+    `--setting name=value`), by the field's type: bool (true/false),
+    int, float, str, an Optional one ("none"), a tuple of strings (JSON
+    list, or comma-separated), a dict (JSON object)."""
+    import json
+
+    known = {f.name: f for f in fields(settings_class)}
+    if name not in known:
+        raise ValueError(f"{settings_class.backend_name}: no setting {name!r}; its settings: {', '.join(known)}")
+    kind = str(known[name].type).replace("typing.", "")
+    if kind.startswith("Optional["):
+        if text.strip().lower() in ("none", "null"):
+            return None
+        kind = kind[len("Optional["):-1]
+    try:
+        if kind == "bool":
+            if text.strip().lower() not in _TRUE + _FALSE:
+                raise ValueError("not true or false")
+            return text.strip().lower() in _TRUE
+        if kind in ("int", "float"):
+            return int(text) if kind == "int" else float(text)
+        if kind.startswith("Tuple"):
+            items = json.loads(text) if text.lstrip().startswith("[") else [t for t in text.split(",") if t]
+            return tuple(str(item) for item in items)
+        if kind.startswith("Dict"):
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError("not a JSON object")
+            return value
+    except ValueError as e:
+        raise ValueError(f"{settings_class.backend_name}: {name}={text!r}: expected {kind} ({e})") from None
+    return text
