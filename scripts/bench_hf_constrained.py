@@ -9,6 +9,7 @@ Prints seconds and docs/s per mode (after one warm-up batch each), tokens
 generated and jumped, and how many outputs equal the masked full head's.
 """
 import time
+from dataclasses import replace
 
 from spacy_giellm.backends import hf_decode
 from spacy_giellm.backends.hf import make_hf_backend
@@ -31,7 +32,7 @@ def main() -> None:
         outputs = {}
         print(f"== {path}: {len(prompts)} prompts, batches of {args.batch_size}")
         for name, constrained, restricted, jump in MODES:
-            backend.constrained, backend.jump_forward = constrained, jump
+            backend.reconfigure(replace(backend.settings, constrained=constrained, jump_forward=jump))
             hf_decode.body_and_head = allowed_head if restricted else (lambda model: None)
             try:
                 backend.generate_ids(prompts[: args.batch_size])  # warm-up

@@ -8,6 +8,7 @@ jump-forward appended per doc, and how many outputs differ from step-by-step
 constrained decoding.
 """
 import time
+from dataclasses import replace
 
 from spacy_giellm.backends.llamacpp import make_llamacpp_backend
 from spacy_giellm.bench.inputs import comparison_arguments, task_prompts
@@ -31,8 +32,7 @@ def main() -> None:
         jumped = 0
         for _ in range(args.rounds):
             for mode in MODES:
-                backend.constrained = mode != "free"
-                backend.jump_forward = mode == "jump"
+                backend.reconfigure(replace(backend.settings, constrained=mode != "free", jump_forward=mode == "jump"))
                 backend.decoding_stats(reset=True)
                 start = time.perf_counter()
                 outputs[mode] = generate_like_component(backend, prompts, args.batch_size)

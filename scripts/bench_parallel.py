@@ -9,6 +9,7 @@ Prints docs/s per round for each model and setting, each setting's mean
 against the first one's, and how many outputs equal those of the default (8).
 """
 import time
+from dataclasses import replace
 
 from spacy_giellm.backends.llamacpp import make_llamacpp_backend
 from spacy_giellm.bench.inputs import comparison_arguments, task_prompts
@@ -33,7 +34,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for path, backend in backends.items():
                 for n in settings:
-                    backend.n_parallel = n
+                    backend.reconfigure(replace(backend.settings, n_parallel=n))
                     start = time.perf_counter()
                     outputs[path, n] = generate_like_component(backend, prompts, args.batch_size)
                     rates[path, n].append(len(prompts) / (time.perf_counter() - start))

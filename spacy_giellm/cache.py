@@ -9,15 +9,19 @@ under the SHA-256 of everything that decides it:
   the SHA-256 of a GGUF file, of a local transformers directory's files, of
   an adapter's, or a hub id with the commit loaded; or, for a backend that
   cannot tell (the server), the `model_identity` the cache config declares;
-* the backend's settings that change outputs (max_new_tokens, constrained,
-  dtype, device, n_ctx, the library versions...);
+* the backend's settings that change outputs, even by float rounding
+  (`generation_settings`: every field its settings mark OUTPUTS, as
+  max_new_tokens, constrained, jump_forward, prompt_lookup, n_parallel,
+  batch_size, dtype, device, n_ctx; and the library versions);
 * the task definition (`Task.to_dict`) and the Instruction Word;
 * whether label scores are asked for;
 * the prompt.
 
 A changed model file or setting makes a new key: it misses, never returns a
-stale answer. What the key leaves out on purpose: batch sizes and thread
-counts (they change float rounding at most, not the model or its settings).
+stale answer. What the key leaves out on purpose: the settings that change
+speed only, with the same outputs (thread counts, timeouts...). Rows stored
+before the settings' OUTPUTS fields joined the key (n_parallel,
+prompt_lookup, jump_forward, batch_size) simply miss.
 
 The store is sqlite3 (standard library) in WAL mode with a busy timeout:
 readers never block, and writers from several processes (`nlp.pipe(...,

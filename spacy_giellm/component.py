@@ -22,6 +22,7 @@ from spacy.util import ensure_path, filter_spans, minibatch, registry
 
 from .align import SpanMaker, split_tokens_at
 from .backends.base import LabelScoring, ModelIdentity, ModelTasks, ScoredGeneration, TaskBinding, TokenCounting
+from .backends.settings import point_at_model_file
 from .cache import CacheError, ResponseCache
 from .docs import GROUPS, TUPLE_KINDS, install_extensions, set_tuples
 # Where code written before `docs` looks for them.
@@ -464,15 +465,12 @@ class GiellmComponent(Pipe):
                 f"giellm: {ref_file} names the model file {model_path!r}, which is not there ({model_file}): "
                 "the pipeline directory is incomplete"
             )
-        if not hasattr(self.backend, "model_path"):
+        if not point_at_model_file(self.backend, model_file):
             logger.warning(
                 "giellm: %s: the pipeline's model file %s is not used, since the backend %r takes no model_path",
                 self.name, model_file, self.backend,
             )
             return
-        if str(model_file) != str(self.backend.model_path) and getattr(self.backend, "is_loaded", False):
-            self.backend.close()  # loaded from elsewhere: load again from the pipeline's file
-        self.backend.model_path = str(model_file)
         self._model_from_disk = True
 
     def to_bytes(self, *, exclude: Sequence[str] = ()) -> bytes:

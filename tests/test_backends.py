@@ -142,13 +142,10 @@ def test_hf_batched_equals_one_at_a_time(hf_backend):
     assert hf_backend.batch_size == 4
     batched = hf_backend.generate_ids(PROMPTS)  # two left-padded batches of 4
     single = []
-    old = hf_backend.batch_size
-    hf_backend.batch_size = 1
-    try:
+    with hf_backend.configured(batch_size=1):
         for prompt in PROMPTS:
             single.extend(hf_backend.generate_ids([prompt]))
-    finally:
-        hf_backend.batch_size = old
+    assert hf_backend.batch_size == 4  # the old settings back
     assert batched == single
     assert hf_backend.generate([]) == []
 

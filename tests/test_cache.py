@@ -282,13 +282,18 @@ def test_evaluate_model_with_cache_reruns_from_it(tiny_gguf, tmp_path):
     gold.write_text("".join(json.dumps({"text": t, "task": "scnm", "label": "社会", "entities": []},
                                        ensure_ascii=False) + "\n" for t in TEXTS[:3]), encoding="utf8")
     runs = []
-    for out in ("first", "second"):
+    # an output-changing setting from the command line (`--setting`) is a new key
+    for out, more in (("first", []), ("second", []), ("one-at-a-time", ["-s", "n_parallel=1"])):
         result = CliRunner().invoke(app, ["evaluate-model", str(tiny_gguf), str(gold), "-o", str(tmp_path / out),
-                                          "--max-new-tokens", "8", "--cache", str(tmp_path / "responses.sqlite")])
+                                          "--max-new-tokens", "8", "--cache", str(tmp_path / "responses.sqlite"),
+                                          *more])
         assert result.exit_code == 0, result.output
         runs.append(json.loads((tmp_path / out / "metrics.json").read_text(encoding="utf8"))["cache"])
     assert (runs[0]["hits"], runs[0]["misses"]) == (0, 3)
     assert (runs[1]["hits"], runs[1]["misses"]) == (3, 0)
+    assert (runs[2]["hits"], runs[2]["misses"]) == (0, 3)
+    metrics = json.loads((tmp_path / "one-at-a-time" / "metrics.json").read_text(encoding="utf8"))
+    assert metrics["backend"]["n_parallel"] == 1
     assert (tmp_path / "first" / "predictions.jsonl").read_bytes() == (tmp_path / "second" / "predictions.jsonl").read_bytes()
 
 
@@ -325,3 +330,79 @@ def test_hf_identity_follows_local_files_and_hub_commits(tiny_model_dir, tmp_pat
     assert HFBackend("org/tiny").model_identity(cache.hash_path)["model"]["revision"] == "b" * 40
     with pytest.raises(ValueError, match="cannot tell which commit"):
         HFBackend("org/absent").model_identity(cache.hash_path)
+
+
+# A valid value other than the default, per settings field that needs one
+# (bool and int fields: `not` and +1). A new field without one fails below.
+_OTHER_VALUES = {"dtype": "bfloat16", "device": "cuda", "server_kind": "vllm", "model": "other-model",
+                 "stop": ("\n\n",), "extra_body": {"top_k": 1}, "n_threads": 2, "api_key": "secret-key"}
+
+
+def _other_value(name, value):
+    if name in _OTHER_VALUES:
+        return _OTHER_VALUES[name]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    raise AssertionError(f"no other value known for the setting {name!r}: add one to _OTHER_VALUES")
+
+
+def _settings_backend(kind, tiny_model_dir, tiny_gguf):
+    from spacy_giellm.backends.hf import HFBackend
+    from spacy_giellm.backends.llamacpp import LlamaCppBackend
+    from spacy_giellm.backends.server import ServerBackend
+
+    if kind == "hf":
+        return HFBackend(str(tiny_model_dir), device="cpu", dtype="float32")
+    if kind == "llamacpp":
+        return LlamaCppBackend(str(tiny_gguf), n_threads=1)
+    return ServerBackend("http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("kind", ["hf", "llamacpp", "server"])
+def test_every_output_changing_setting_reaches_the_cache_key(kind, tiny_model_dir, tiny_gguf, tmp_path):
+    """Each setting marked OUTPUTS (`backends.settings`) changes the key the
+    component caches under; one marked SPEED does not, and a MODEL one
+    (the model's place) counts by the model's content only. n_parallel,
+    prompt_lookup, jump_forward and HF's batch_size were left out once: a
+    hit could return an answer made under other settings."""
+    from dataclasses import fields, replace
+
+    from spacy_giellm.backends.settings import MODEL, OUTPUTS, SPEED, HFSettings, LlamaCppSettings, output_fields
+    from spacy_giellm.cache import context_digest
+    from spacy_giellm.component import GiellmComponent
+
+    assert {"n_parallel", "prompt_lookup", "jump_forward", "max_new_tokens", "constrained"} <= set(
+        output_fields(LlamaCppSettings))
+    assert {"batch_size", "jump_forward", "max_new_tokens", "constrained", "dtype"} <= set(output_fields(HFSettings))
+    cache = ResponseCache(tmp_path / "responses.sqlite", model_identity="served-model" if kind == "server" else None)
+    vocab = spacy.blank("ja").vocab
+    base = _settings_backend(kind, tiny_model_dir, tiny_gguf)
+
+    def context(settings):
+        backend = type(base).from_settings(settings)
+        return GiellmComponent(vocab, task="scnm", backend=backend, cache=cache)._cache_context()
+
+    base_key = context_digest(context(base.settings))
+    checked = {OUTPUTS: 0, SPEED: 0, MODEL: 0}
+    for f in fields(base.settings):
+        value = getattr(base.settings, f.name)
+        effect = f.metadata["effect"]
+        if effect == MODEL:
+            if value is None or kind == "server":  # no adapter; a server's model is the declared identity
+                other = "http://127.0.0.1:10" if kind == "server" else None
+            elif Path(value).is_dir():
+                other = shutil.copytree(value, tmp_path / "moved-model")
+            else:
+                other = shutil.copyfile(value, tmp_path / "moved.gguf")
+            if other is None:
+                continue
+            # the same model elsewhere: the same key (a moved pipeline keeps its cache)
+            assert context_digest(context(replace(base.settings, **{f.name: str(other)}))) == base_key, f.name
+        else:
+            changed = context(replace(base.settings, **{f.name: _other_value(f.name, value)}))
+            assert (context_digest(changed) != base_key) == (effect == OUTPUTS), (f.name, effect)
+            assert "secret-key" not in json.dumps(changed, default=str)
+        checked[effect] += 1
+    assert checked[OUTPUTS] >= 5 and checked[MODEL] >= 1 and (checked[SPEED] >= 1 or kind == "hf"), checked

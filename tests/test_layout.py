@@ -1,7 +1,9 @@
 """The package's import graph: the core stays light and below the
-component, and no module imports one that (indirectly) imports it. And the
-documentation's layout: a short README, and no relative link in README.md,
-docs/ or benchmarks/ that points nowhere."""
+component, and no module imports one that (indirectly) imports it. No
+code outside a backend assigns a backend's settings (they change through
+`reconfigure` / `configured`, validated). And the documentation's layout: a
+short README, and no relative link in README.md, docs/ or benchmarks/ that
+points nowhere."""
 import ast
 import re
 import subprocess
@@ -203,3 +205,127 @@ def test_link_checker_sees_a_broken_link_and_an_anchor(tmp_path):
                     encoding="utf8")
     assert _relative_links(page) == ["missing.md", "p.md#a-b-c"]
     assert _anchors(page) == {"a-b-c"}
+
+
+# --------------------------------------------------------------------------
+# Backend settings are never assigned from outside the backend.
+
+ROOT = PACKAGE.parent
+# Assignments to an attribute of a settings name that is no backend's:
+# (file, target as written) and why.
+NOT_A_BACKEND = {
+    # llama.cpp's own context parameters (a ctypes struct)
+    ("spacy_giellm/backends/llamacpp_batch.py", "params.n_ctx"),
+    ("spacy_giellm/backends/llamacpp_batch.py", "params.n_threads"),
+}
+
+
+def _setting_names() -> Set[str]:
+    """Every name a backend's setting is read by: the settings fields, the
+    attributes that show them (`SettingAttribute`), and `settings` itself."""
+    from dataclasses import fields
+
+    from spacy_giellm.backends import hf, llamacpp, server
+    from spacy_giellm.backends.settings import SettingAttribute
+
+    names = {"settings", "_settings"}
+    for backend in (hf.HFBackend, llamacpp.LlamaCppBackend, server.ServerBackend):
+        names |= {f.name for f in fields(backend.settings_class)}
+        names |= {attr for attr, value in vars(backend).items() if isinstance(value, SettingAttribute)}
+    return names
+
+
+def _targets(node: ast.AST):
+    if isinstance(node, (ast.Tuple, ast.List)):
+        for element in node.elts:
+            yield from _targets(element)
+    elif isinstance(node, ast.Starred):
+        yield from _targets(node.value)
+    else:
+        yield node
+
+
+def _is_self(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and node.id == "self"
+
+
+def _expects_attribute_error(node: ast.AST) -> bool:
+    """`with pytest.raises(AttributeError...)` (or dataclasses'
+    FrozenInstanceError): an assignment that must fail."""
+    return isinstance(node, ast.With) and any(
+        isinstance(item.context_expr, ast.Call) and ast.unparse(item.context_expr.func).endswith("raises")
+        and item.context_expr.args
+        and ast.unparse(item.context_expr.args[0]).split(".")[-1] in ("AttributeError", "FrozenInstanceError")
+        for item in node.items)
+
+
+def setting_assignments(source: str, names: Set[str]) -> List[str]:
+    """The statements in `source` that assign a setting of an object other
+    than `self` (an object's own attributes are its own business: a backend
+    keeps its settings in `self._settings`): `x.name = ...` (in tuples,
+    chains and augmented assignments too), `setattr(x, "name", ...)`
+    (`monkeypatch.setattr`, `object.__setattr__` too), and `setattr(x,
+    variable, ...)` where x is written with "backend"."""
+    found: List[str] = []
+
+    def visit(node: ast.AST) -> None:
+        if _expects_attribute_error(node):
+            return
+        targets: List[ast.AST] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for target in (t for top in targets for t in _targets(top)):
+            if isinstance(target, ast.Attribute) and target.attr in names and not _is_self(target.value):
+                found.append(f"{node.lineno}: {ast.unparse(target)}")
+        if isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] in ("setattr", "__setattr__"):
+            if len(node.args) >= 2 and not _is_self(node.args[0]):
+                name = node.args[1]
+                if (ast.unparse(name).strip("'\"") in names if isinstance(name, ast.Constant)
+                        else "backend" in ast.unparse(node.args[0])):
+                    found.append(f"{node.lineno}: {ast.unparse(node)}")
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source))
+    return found
+
+
+def test_no_backend_setting_is_assigned_from_outside():
+    """spacy_giellm/, scripts/ and tests/: settings change through
+    `backend.reconfigure(dataclasses.replace(backend.settings, ...))`,
+    `with backend.configured(...)` or a new backend, which validate them;
+    an assignment would skip that (and raises AttributeError at run time)."""
+    names = _setting_names()
+    assert {"n_parallel", "jump_forward", "prompt_lookup", "constrained", "max_new_tokens", "batch_size",
+            "model_path", "model_name", "settings"} <= names
+    found = []
+    for folder in ("spacy_giellm", "scripts", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            where = path.relative_to(ROOT).as_posix()
+            for hit in setting_assignments(path.read_text(encoding="utf8"), names):
+                if (where, hit.split(": ", 1)[1]) not in NOT_A_BACKEND:
+                    found.append(f"{where}:{hit}")
+    assert found == []
+
+
+def test_setting_assignment_finder_finds_them():
+    names = {"n_parallel", "prompt_lookup", "constrained", "max_new_tokens", "settings"}
+    source = """
+backend.n_parallel = 1
+backend.n_parallel, backend.prompt_lookup = saved
+hf.constrained = gguf.constrained = True
+self.backend.max_new_tokens += 1
+backend.settings = other
+setattr(backend, "constrained", True)
+monkeypatch.setattr(backend, "n_parallel", 2)
+setattr(self.backend, attr, n)
+self.n_parallel = 1
+setattr(self, "n_parallel", 1)
+setattr(ann, kind, items)
+with pytest.raises(AttributeError):
+    backend.n_parallel = 1
+"""
+    assert [hit.split(":")[0] for hit in setting_assignments(source, names)] == \
+        ["2", "3", "3", "4", "4", "5", "6", "7", "8", "9"]

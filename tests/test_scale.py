@@ -3,6 +3,7 @@ llama.cpp multi-sequence batching, on the tiny model."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,8 @@ def gguf(tiny_gguf):
 
 @pytest.fixture()
 def constrained(hf, gguf):
-    hf.constrained = gguf.constrained = True
-    yield
-    hf.constrained = gguf.constrained = False
+    with hf.configured(constrained=True), gguf.configured(constrained=True):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -160,14 +160,13 @@ def test_parallel_sequences_give_the_one_at_a_time_outputs(tiny_gguf):
     try:
         prompts = PROMPTS * 2
         for constrained_ in (False, True):
-            backend.constrained = constrained_
-            backend.n_parallel = 1
-            single = backend.generate_ids(prompts)
-            singles_alone = [backend.generate_ids([p])[0] for p in prompts[:4]]
+            with backend.configured(constrained=constrained_, n_parallel=1):
+                single = backend.generate_ids(prompts)
+                singles_alone = [backend.generate_ids([p])[0] for p in prompts[:4]]
             assert singles_alone == single[:4]
             for n in (3, 8):
-                backend.n_parallel = n
-                assert backend.generate_ids(prompts) == single
+                with backend.configured(constrained=constrained_, n_parallel=n):
+                    assert backend.generate_ids(prompts) == single
     finally:
         backend.close()
 
@@ -262,8 +261,10 @@ def test_more_sequences_than_n_batch(tiny_gguf):
 
 
 def test_bad_decoding_settings_are_errors_not_hangs(tiny_gguf):
-    """n_parallel below 1 (set after construction, as the bench does) left
-    nothing to admit and looped forever; max_new_tokens 0 gave a token."""
+    """n_parallel below 1 left nothing to admit and looped forever;
+    max_new_tokens 0 gave a token. The settings refuse them (at construction
+    and on reconfiguring; a setting cannot be assigned), and so does the
+    batcher, which the backend's decoding runs on."""
     import signal
 
     from spacy_giellm.backends.llamacpp import make_llamacpp_backend
@@ -275,15 +276,20 @@ def test_bad_decoding_settings_are_errors_not_hangs(tiny_gguf):
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(60)
     try:
+        tokens = backend._prompt_ids(PROMPTS[:2])
         for name, value, message in (("n_parallel", -1, "parallel"), ("n_parallel", 0, "parallel"),
                                      ("max_new_tokens", 0, "max_new_tokens")):
-            saved = getattr(backend, name)
-            setattr(backend, name, value)
-            try:
-                with pytest.raises(ValueError, match=rf"{message}\b.* must be >= 1, got {value}"):
-                    backend.generate(PROMPTS[:2])
-            finally:
-                setattr(backend, name, saved)
+            refused = rf"{message}\b.* must be >= 1, got {value}"
+            with pytest.raises(ValueError, match=refused):
+                make_llamacpp_backend(model_path=str(tiny_gguf), **{name: value})
+            with pytest.raises(ValueError, match=refused):
+                backend.reconfigure(replace(backend.settings, **{name: value}))
+            with pytest.raises(AttributeError, match="is a setting"):
+                setattr(backend, name, value)
+            args = {"parallel": value} if name == "n_parallel" else {"max_new_tokens": value}
+            with pytest.raises(ValueError, match=refused):
+                backend._engine(1).generate(tokens, **{"max_new_tokens": 4, **args}, is_end=lambda t: False,
+                                            pick=lambda k, logits: 0)
         assert len(backend.generate(PROMPTS[:2])) == 2
     finally:
         signal.alarm(0)
@@ -437,8 +443,8 @@ def test_drafts_never_change_the_greedy_output(tiny_gguf, constrained_):
             half = lambda k, gen: plain[k][len(gen) : len(gen) + 2] + [0, 0]  # noqa: E731
             assert run(half, parallel) == plain
             assert run(PromptLookup(tokens, 6), parallel) == plain
-        backend.prompt_lookup = 6
-        assert backend.generate_ids(prompts) == plain
+        with backend.configured(prompt_lookup=6):
+            assert backend.generate_ids(prompts) == plain
     finally:
         backend.close()
 
@@ -476,15 +482,14 @@ def test_jump_forward_gives_the_constrained_greedy_output(tiny_gguf, task):
             type(engine)._decode = counting
             try:
                 for parallel in (1, 4):
-                    backend.n_parallel = parallel
-                    backend.jump_forward = False
-                    rows.clear()
-                    plain = backend.generate_ids(prompts)
-                    plain_rows = sum(rows)
-                    backend.jump_forward = True
-                    rows.clear()
-                    backend.decoding_stats(reset=True)
-                    jumped = backend.generate_ids(prompts)
+                    with backend.configured(n_parallel=parallel, jump_forward=False):
+                        rows.clear()
+                        plain = backend.generate_ids(prompts)
+                        plain_rows = sum(rows)
+                    with backend.configured(n_parallel=parallel, jump_forward=True):
+                        rows.clear()
+                        backend.decoding_stats(reset=True)
+                        jumped = backend.generate_ids(prompts)
                     assert jumped == plain, (n_ctx, max_new, parallel)
                     forced = backend.decoding_stats()["jumped"]
                     assert forced > 0
@@ -557,13 +562,13 @@ def test_hf_head_for_allowed_tokens_gives_the_masked_generate_output(tiny_model_
 
     monkeypatch.setattr(hf_decode, "_head_logits", counting)
     for max_new in (1, 2, 3, 24):
-        backend.max_new_tokens = max_new
+        backend.reconfigure(replace(backend.settings, max_new_tokens=max_new))
         with monkeypatch.context() as m:
             m.setattr(hf_decode, "body_and_head", lambda model: None)  # generate + HFConstraintProcessor
             masked = backend.generate_ids(prompts)
         assert not head_rows
         for jump in (False, True):
-            backend.jump_forward = jump
+            backend.reconfigure(replace(backend.settings, jump_forward=jump))
             backend.decoding_stats(reset=True)
             assert backend.generate_ids(prompts) == masked, (max_new, jump)
             jumped = backend.decoding_stats()["jumped"]

@@ -1,6 +1,8 @@
 import math
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
+from .settings import Configurable
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -75,13 +77,6 @@ class ScoredGeneration(Protocol):
         ...
 
 
-def require_positive(backend_name: str, **values: int) -> None:
-    """ValueError naming the first of `values` (in order) that is below 1."""
-    for name, value in values.items():
-        if value < 1:
-            raise ValueError(f"{backend_name}: {name} must be >= 1, got {value}")
-
-
 def loaded_attribute(attr: str, doc: str) -> Any:
     """A read-only property giving `attr` after `self.load()` (which loads
     the model on first use)."""
@@ -93,12 +88,13 @@ def loaded_attribute(attr: str, doc: str) -> Any:
     return property(get, doc=doc)
 
 
-class LocalModelBackend:
+class LocalModelBackend(Configurable):
     """What the in-process backends (transformers, llama.cpp) share: the task
     binding that constrained decoding needs, the tasks stored with the model,
     and label scoring around the backend's own `_candidate_logprobs`.
-    Subclasses provide `generate_ids`, `decode`, `_candidate_ids`,
-    `_token_vocab`, `_candidate_logprobs` and `_stored_task_paths`."""
+    Subclasses provide `settings_class`, `_setup`, `generate_ids`, `decode`,
+    `_candidate_ids`, `_token_vocab`, `_candidate_logprobs` and
+    `_stored_task_paths`."""
 
     backend_name = "giellm backend"
     # (shown as, attribute) of what `repr` names
@@ -120,11 +116,10 @@ class LocalModelBackend:
         fields = "".join(f"{name}={getattr(self, attr)!r}, " for name, attr in self._repr_fields)
         return f"{type(self).__name__}({fields}{'loaded' if self.is_loaded else 'not loaded'})"
 
-    def _init_task(self, constrained: bool, task: Any) -> None:
-        """Constrained decoding on or off, and the task given in the config, if any."""
-        self.constrained = constrained
-        if task is not None:
-            self.bind_task(task)
+    def _unload(self) -> None:
+        """Forget the vocabulary and constraints of the model loaded so far."""
+        self._vocab = None
+        self._constrainer = None
 
     def generate(self, prompts: List[str]) -> List[str]:
         """Greedy continuation of each prompt: only the new text, special tokens removed."""
@@ -223,9 +218,11 @@ class ModelIdentity(Protocol):
         ...
 
     def generation_settings(self) -> Dict[str, Any]:
-        """Plain JSON data of every setting that can change an output
-        (max_new_tokens, constrained decoding, dtype, device, the library
-        versions...); not batch sizes or thread counts."""
+        """Plain JSON data of every setting that can change an output, even
+        by float rounding (max_new_tokens, constrained decoding, dtype,
+        device, batching, the library versions...); not thread counts.
+        The built-in backends derive it from their settings' OUTPUTS fields
+        (`settings`)."""
         ...
 
 

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..registry import giellm_backends
-from .base import LocalModelBackend, loaded_attribute, require_positive
+from .base import LocalModelBackend, loaded_attribute
 from .hf_decode import cache_argument, output_cache
 from .hf_files import check_model_files, looks_like_local_path, resolve_device, resolve_dtype
+from .settings import HFSettings
 
 __all__ = ["HFBackend", "make_hf_backend", "resolve_device", "resolve_dtype"]
 
@@ -38,6 +39,10 @@ class HFBackend(LocalModelBackend):
 
     backend_name = "giellm.HF.v1"
     _repr_fields = (("model", "model_name"), ("adapter", "adapter"))
+
+    settings_class = HFSettings
+    # settings read under another name: `model` and `device` are the loaded ones
+    _aliases = {"model": "model_name", "device": "device_name", "dtype": "dtype_name"}
 
     def __init__(
         self,
@@ -54,25 +59,22 @@ class HFBackend(LocalModelBackend):
         task: Optional[Any] = None,
         jump_forward: bool = True,
     ) -> None:
-        if not model:
-            raise ValueError("giellm.HF.v1: 'model' must be a Hub id or a local path")
-        require_positive(self.backend_name, batch_size=batch_size, max_new_tokens=max_new_tokens)
-        self.model_name = str(model)
-        self.adapter = str(adapter) if adapter else None
-        self.merge_adapter = merge_adapter
-        self.device_name = device
-        self.dtype_name = dtype
-        self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
-        self.trust_remote_code = trust_remote_code
-        self.use_safetensors_only = use_safetensors_only
+        self._configure_from(locals())  # HFSettings validates
+
+    def _setup(self, settings: HFSettings, task: Any) -> None:
+        self._settings = settings
+        self._unload()
+        self._stats: Dict[str, int] = {"jumped": 0}
+        if task is not None:
+            self.bind_task(task)
+
+    def _unload(self) -> None:
+        super()._unload()
         self._tokenizer: Any = None
         self._model: Any = None
         self._device: Optional[str] = None
         self._eos_ids: List[int] = []
-        self.jump_forward = bool(jump_forward)
-        self._stats: Dict[str, int] = {"jumped": 0}
-        self._init_task(constrained, task)
+        self.__dict__.pop("_hub_revisions", None)
 
     # ------------------------------------------------------------------ loading
 
@@ -467,18 +469,13 @@ class HFBackend(LocalModelBackend):
             revisions[repo_id] = Path(found).parent.name  # .../snapshots/<commit>/<probe>
         return revisions[repo_id]
 
-    def generation_settings(self) -> Dict[str, Any]:
-        """What changes outputs: dtype and device (bf16 and fp32 differ), a
-        merged or separate adapter, the library versions."""
+    def _key_extras(self) -> Dict[str, Any]:
+        """The device and dtype as resolved here (bf16 and fp32 differ), the library versions."""
         from .base import package_versions
 
         device = resolve_device(self.device_name)
-        return {
-            "backend": self.backend_name, "max_new_tokens": self.max_new_tokens, "constrained": self.constrained,
-            "device": device, "dtype": str(resolve_dtype(self.dtype_name, device)),
-            "merge_adapter": self.merge_adapter, "use_safetensors_only": self.use_safetensors_only,
-            "versions": package_versions("torch", "transformers", "peft"),
-        }
+        return {"device": device, "dtype": str(resolve_dtype(self.dtype_name, device)),
+                "versions": package_versions("torch", "transformers", "peft")}
 
 # The class is the registered function: its __init__ is the config schema.
 make_hf_backend = giellm_backends.register("giellm.HF.v1", func=HFBackend)

@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..registry import giellm_backends
-from .base import LocalModelBackend, loaded_attribute, require_positive
+from .base import LocalModelBackend, loaded_attribute
 from .gguf_check import validate_gguf
+from .settings import LlamaCppSettings
 
 __all__ = ["LlamaCppBackend", "make_llamacpp_backend", "physical_cores"]
 
@@ -94,6 +95,8 @@ class LlamaCppBackend(LocalModelBackend):
     backend_name = "giellm.LlamaCpp.v1"
     _repr_fields = (("model_path", "model_path"),)
 
+    settings_class = LlamaCppSettings
+
     def __init__(
         self,
         model_path: str,
@@ -109,31 +112,26 @@ class LlamaCppBackend(LocalModelBackend):
         prompt_lookup: int = 0,
         jump_forward: bool = True,
     ) -> None:
-        if not model_path:
-            raise ValueError("giellm.LlamaCpp.v1: 'model_path' must be the path of a .gguf file")
-        require_positive(self.backend_name, max_new_tokens=max_new_tokens, n_ctx=n_ctx, n_parallel=n_parallel)
-        self.model_path = str(model_path)
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads
-        self.n_gpu_layers = n_gpu_layers
-        self.max_new_tokens = max_new_tokens
-        self.seed = seed
-        self.verbose = verbose
+        self._configure_from(locals())  # LlamaCppSettings validates
+
+    def _setup(self, settings: LlamaCppSettings, task: Any) -> None:
+        self._settings = settings
         self._llm: Any = None
+        self._engine_: Any = None
+        self._unload()
+        self._stats: Dict[str, int] = {"steps": 0, "drafted": 0, "kept": 0, "jumped": 0}
+        if task is not None:
+            self.bind_task(task)
+
+    def _unload(self) -> None:
+        super()._unload()
+        self.close()
         self._meta: Dict[str, Any] = {}
         self._n_vocab = 0
         self._eog: Set[int] = set()
         self._skip: Set[int] = set()
         self._byte: Set[int] = set()
         self._strip_leading_space = False
-        self.n_parallel = n_parallel
-        if prompt_lookup < 0:
-            raise ValueError(f"{self.backend_name}: prompt_lookup must be >= 0, got {prompt_lookup}")
-        self.prompt_lookup = prompt_lookup
-        self.jump_forward = bool(jump_forward)
-        self._stats: Dict[str, int] = {"steps": 0, "drafted": 0, "kept": 0, "jumped": 0}
-        self._engine_: Any = None
-        self._init_task(constrained, task)
 
     llama = loaded_attribute("_llm", "The underlying `llama_cpp.Llama` (loads if needed).")
 
@@ -445,14 +443,10 @@ class LlamaCppBackend(LocalModelBackend):
         """The GGUF file's SHA-256 (`base.ModelIdentity`)."""
         return {"gguf_sha256": hash_path(str(Path(self.model_path).expanduser()))}
 
-    def generation_settings(self) -> Dict[str, Any]:
-        """What changes outputs: n_ctx decides which prompts fit, GPU layers run other kernels."""
+    def _key_extras(self) -> Dict[str, Any]:
         from .base import package_versions
 
-        return {
-            "backend": self.backend_name, "max_new_tokens": self.max_new_tokens, "constrained": self.constrained,
-            "n_ctx": self.n_ctx, "n_gpu_layers": self.n_gpu_layers, "versions": package_versions("llama_cpp_python"),
-        }
+        return {"versions": package_versions("llama_cpp_python")}
 
 
 # The class is the registered function: its __init__ is the config schema.

@@ -35,10 +35,10 @@ from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import urlsplit
 
 from ..registry import giellm_backends
+from .settings import SERVER_KINDS, Configurable, ServerSettings, base_url
 
 __all__ = ["ServerBackend", "ServerError", "make_server_backend", "wait_until_ready"]
 
-SERVER_KINDS = ("llama.cpp", "vllm")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
@@ -74,17 +74,9 @@ def _opener(url: str) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(urllib.request.ProxyHandler(proxies), _NoRedirect())
 
 
-def _base(url: str) -> str:
-    url = url.rstrip("/")
-    for suffix in ("/v1/completions", "/completions", "/v1"):
-        if url.endswith(suffix):
-            return url[: -len(suffix)]
-    return url
-
-
 def wait_until_ready(url: str, timeout: float = 30.0, interval: float = 0.2) -> None:
     """Poll `{url}/v1/models` until the server answers 200, at most `timeout` s."""
-    target = _base(url) + "/v1/models"
+    target = base_url(url) + "/v1/models"
     deadline = time.monotonic() + timeout
     last: Optional[BaseException] = None
     while time.monotonic() < deadline:
@@ -98,8 +90,10 @@ def wait_until_ready(url: str, timeout: float = 30.0, interval: float = 0.2) -> 
     raise ServerError(f"giellm.Server.v1: {target} not ready after {timeout:g} s (last error: {last})")
 
 
-class ServerBackend:
+class ServerBackend(Configurable):
     """Greedy completions from an OpenAI-compatible server."""
+
+    settings_class = ServerSettings
 
     def __init__(
         self,
@@ -118,31 +112,17 @@ class ServerBackend:
         api_key: Optional[str] = None,
         extra_body: Optional[Dict[str, Any]] = None,
     ) -> None:
-        if not url or not url.startswith(("http://", "https://")):
-            raise ValueError(f"giellm.Server.v1: 'url' must be an http(s) URL, got {url!r}")
-        if server_kind not in SERVER_KINDS:
-            raise ValueError(f"giellm.Server.v1: server_kind must be one of {SERVER_KINDS}, got {server_kind!r}")
-        if max_new_tokens < 1 or concurrency < 1 or retries < 0 or timeout <= 0 or backoff < 0:
-            raise ValueError(
-                "giellm.Server.v1: max_new_tokens and concurrency must be >= 1, retries and backoff >= 0, timeout > 0"
-            )
-        self.url = _base(url)
-        self.endpoint = self.url + "/v1/completions"
-        self.model = model
-        self.max_new_tokens = max_new_tokens
-        self.concurrency = concurrency
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.stop = list(stop)
-        self.constrained = constrained
-        self.server_kind = server_kind
-        self.api_key = api_key
-        self.extra_body = dict(extra_body or {})
+        self._configure_from(locals())  # ServerSettings validates
+
+    def _setup(self, settings: ServerSettings, task: Any) -> None:
+        self._settings = settings
         self.task: Any = None
         if task is not None:
             self.bind_task(task)
+
+    @property
+    def endpoint(self) -> str:
+        return self.url + "/v1/completions"
 
     def __repr__(self) -> str:
         return f"ServerBackend(url={self.url!r}, model={self.model!r}, constrained={self.constrained})"
@@ -255,14 +235,6 @@ class ServerBackend:
         cache needs the identity declared in its config (`model_identity`)."""
         return None
 
-    def generation_settings(self) -> Dict[str, Any]:
-        """The request's settings that change outputs (not the URL: the same
-        model may be served elsewhere; the declared identity names the model)."""
-        return {
-            "backend": "giellm.Server.v1", "model": self.model, "max_new_tokens": self.max_new_tokens,
-            "constrained": self.constrained, "server_kind": self.server_kind, "stop": self.stop,
-            "extra_body": self.extra_body,
-        }
 
 # The class is its own factory: the config block's settings are its arguments.
 make_server_backend = giellm_backends.register("giellm.Server.v1", func=ServerBackend)

@@ -229,12 +229,8 @@ class _Run:
         n_new_tokens = sum(len(ids) for ids in backend.generate_ids(self.prompts))
         self.new_tokens_per_doc = n_new_tokens / len(self.prompts)
         self.prompt_tokens_per_doc = n_prompt_tokens / len(self.prompts)
-        saved = backend.max_new_tokens
-        backend.max_new_tokens = 1
-        try:
+        with backend.configured(max_new_tokens=1):
             t_prompt, _ = self.best(self.generate)
-        finally:
-            backend.max_new_tokens = saved
         return {
             "new_tokens_per_doc": self.new_tokens_per_doc,
             "prompt_tokens_per_s": n_prompt_tokens / t_prompt,
@@ -245,15 +241,10 @@ class _Run:
         single = _one_at_a_time(self.backend, self.kind)
         t_one, _ = self.best(lambda: [single(p) for p in self.prompts])
         out: Dict[str, Any] = {"one_at_a_time_docs_per_s": len(self.texts) / t_one, "batch_speedup": t_one / self.t_gen}
-        attr = _PARALLEL[self.kind]
-        saved = getattr(self.backend, attr)
-        try:
-            for n in (n for n in PARALLEL_SWEEP if n <= self.cfg.batch_size):  # more never decode together
-                setattr(self.backend, attr, n)
+        for n in (n for n in PARALLEL_SWEEP if n <= self.cfg.batch_size):  # more never decode together
+            with self.backend.configured(**{_PARALLEL[self.kind]: n}):
                 t, _ = self.best(self.generate)
-                out[f"docs_per_s_parallel_{n}"] = len(self.texts) / t
-        finally:
-            setattr(self.backend, attr, saved)
+            out[f"docs_per_s_parallel_{n}"] = len(self.texts) / t
         return out
 
     def drafting(self) -> Dict[str, Any]:
@@ -264,22 +255,17 @@ class _Run:
         if not hasattr(backend, "prompt_lookup"):
             return {}
         out: Dict[str, Any] = {}
-        saved = backend.n_parallel, backend.prompt_lookup
-        try:
-            for n, suffix in ((1, "_1"), (saved[0], "")):
-                backend.n_parallel = n
-                backend.prompt_lookup = 0
+        for n, suffix in ((1, "_1"), (backend.n_parallel, "")):
+            with backend.configured(n_parallel=n, prompt_lookup=0):
                 t_off, plain = self.best(self.generate)
-                backend.prompt_lookup = DRAFT_TOKENS
-                stats = backend.decoding_stats(reset=True)
+            with backend.configured(n_parallel=n, prompt_lookup=DRAFT_TOKENS):
+                backend.decoding_stats(reset=True)
                 t_on, drafted = self.best(self.generate)
                 stats = backend.decoding_stats(reset=True)
-                out[f"prompt_lookup_speedup{suffix}"] = t_off / t_on
-                out[f"prompt_lookup_outputs_equal{suffix}"] = float(plain == drafted)
-                out[f"prompt_lookup_kept{suffix}"] = stats["kept"] / max(1, stats["drafted"])
-                out[f"tokens_per_step{suffix}"] = (stats["steps"] + stats["kept"]) / max(1, stats["steps"])
-        finally:
-            backend.n_parallel, backend.prompt_lookup = saved
+            out[f"prompt_lookup_speedup{suffix}"] = t_off / t_on
+            out[f"prompt_lookup_outputs_equal{suffix}"] = float(plain == drafted)
+            out[f"prompt_lookup_kept{suffix}"] = stats["kept"] / max(1, stats["drafted"])
+            out[f"tokens_per_step{suffix}"] = (stats["steps"] + stats["kept"]) / max(1, stats["steps"])
         return out
 
     def limits(self, gguf_path: Optional[str], component_docs_per_s: float) -> Dict[str, Any]:
@@ -324,29 +310,22 @@ class _Run:
         q_free = quality(self.task, self.records, self.outputs, self.scores)
         jumps = hasattr(backend, "jump_forward")  # constrained with / without jump-forward
         out: Dict[str, Any] = {}
-        backend.constrained = True
-        try:
-            if jumps:
-                saved = backend.jump_forward
-                try:
-                    backend.jump_forward = False
-                    t_step, step_outputs = self.best(self.generate)
-                    backend.jump_forward = True
-                    backend.decoding_stats(reset=True)
-                    t_con, con_outputs = self.best(self.generate)
-                    jumped = backend.decoding_stats()["jumped"]
-                finally:
-                    backend.jump_forward = saved
-                out.update({
-                    "constrained_no_jump_docs_per_s": len(self.texts) / t_step,
-                    "jump_forward_speedup": t_step / t_con,
-                    "jumped_tokens_per_doc": jumped / (max(1, self.cfg.repeat) * len(self.texts)),
-                    "jump_forward_outputs_equal": float(step_outputs == con_outputs),
-                })
-            else:
+        if jumps:
+            with backend.configured(constrained=True, jump_forward=False):
+                t_step, step_outputs = self.best(self.generate)
+            with backend.configured(constrained=True, jump_forward=True):
+                backend.decoding_stats(reset=True)
                 t_con, con_outputs = self.best(self.generate)
-        finally:
-            backend.constrained = False
+                jumped = backend.decoding_stats()["jumped"]
+            out.update({
+                "constrained_no_jump_docs_per_s": len(self.texts) / t_step,
+                "jump_forward_speedup": t_step / t_con,
+                "jumped_tokens_per_doc": jumped / (max(1, self.cfg.repeat) * len(self.texts)),
+                "jump_forward_outputs_equal": float(step_outputs == con_outputs),
+            })
+        else:
+            with backend.configured(constrained=True):
+                t_con, con_outputs = self.best(self.generate)
         q_con = quality(self.task, self.records, con_outputs, self.scores)
         out.update({
             "constrained_docs_per_s": len(self.texts) / t_con,
@@ -366,15 +345,9 @@ DRAFT_TOKENS = 4  # prompt-lookup tokens drafted per step (a rejected one costs 
 
 def _one_at_a_time(backend: Any, kind: str) -> Callable[[str], Any]:
     """generate([prompt]) with batching switched off."""
-    attr = _PARALLEL[kind]
-
     def run(prompt: str) -> Any:
-        saved = getattr(backend, attr)
-        setattr(backend, attr, 1)
-        try:
+        with backend.configured(**{_PARALLEL[kind]: 1}):
             return backend.generate([prompt])
-        finally:
-            setattr(backend, attr, saved)
 
     return run
 
@@ -390,18 +363,21 @@ def load_backend(kind: str, cfg: BenchConfig, model_dir: Optional[str], gguf_pat
         return make_hf_backend(model=model_dir, device="cpu", batch_size=cfg.parallel or cfg.batch_size,
                                max_new_tokens=cfg.max_new_tokens).load()
     if kind == "gguf":
-        from ..backends.llamacpp import make_llamacpp_backend
+        from dataclasses import replace
+
+        from ..backends.llamacpp import LlamaCppBackend
+        from ..backends.settings import LlamaCppSettings
 
         if not gguf_path:
             raise ValueError("bench: the gguf backend needs --gguf (or the default tiny model)")
         parallel = {"n_parallel": cfg.parallel} if cfg.parallel else {}  # else the backend's default
-        backend = make_llamacpp_backend(model_path=gguf_path, max_new_tokens=cfg.max_new_tokens,
-                                        n_threads=cfg.threads, **parallel)
+        settings = LlamaCppSettings(model_path=gguf_path, max_new_tokens=cfg.max_new_tokens, n_threads=cfg.threads,
+                                    **parallel)
         # at most a component batch decodes together: report what runs
-        backend.n_parallel = min(backend.n_parallel, cfg.batch_size)
-        # room for every sequence decoding together (read before loading)
-        backend.n_ctx = 2048 * max(1, -(-backend.n_parallel * (cfg.max_new_tokens + 128) // 2048))
-        return backend.load()
+        n_parallel = min(settings.n_parallel, cfg.batch_size)
+        # room for every sequence decoding together
+        n_ctx = 2048 * max(1, -(-n_parallel * (cfg.max_new_tokens + 128) // 2048))
+        return LlamaCppBackend.from_settings(replace(settings, n_parallel=n_parallel, n_ctx=n_ctx)).load()
     raise ValueError(f"bench: unknown backend {kind!r}; use hf or gguf")
 
 

@@ -22,6 +22,11 @@ def evaluate_model_cli(
         None, "--task", "-t", help="A task file (.json/.toml) or built-in name whose definition wins over the model's and the data's (repeatable)"
     ),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Response cache database (sqlite): a re-run skips the model for prompts it has answered"),
+    setting: Optional[List[str]] = typer.Option(
+        None, "--setting", "-s", help="A backend setting NAME=VALUE, repeatable: any field of the backend's settings "
+        "(spacy_giellm.backends.settings: HFSettings for a model or adapter dir, LlamaCppSettings for a .gguf), "
+        "e.g. -s jump_forward=false -s n_parallel=1"
+    ),
 ) -> None:
     """Run a trained model through the `giellm` component on held-out data;
     TL / WL / ALL accuracy and P/R/F per task (the paper's Table 1).
@@ -31,10 +36,16 @@ def evaluate_model_cli(
     with fail_cleanly():
         from ..training.evaluate import evaluate, markdown_table
 
+        settings = {}
+        for item in setting or []:
+            name, eq, value = item.partition("=")
+            if not eq or not name.strip():
+                raise ValueError(f"--setting {item!r}: write NAME=VALUE")
+            settings[name.strip()] = value
         metrics = evaluate(
             model, data, output_dir, nlp_base=nlp_base, max_new_tokens=max_new_tokens,
             batch_size=batch_size, limit=limit, title=title, constrained=constrained,
-            tasks=list(task or []), cache=cache,
+            tasks=list(task or []), cache=cache, settings=settings,
         )
         typer.echo(markdown_table(metrics))
         typer.echo(markdown_table(metrics, level="pipeline").split("\n", 2)[2])

@@ -18,7 +18,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..annotation import Annotation
 from ..format import parse_output
@@ -38,10 +38,30 @@ def backend_config(
     batch_size: int = 16,
     n_ctx: int = 2048,
     constrained: bool = False,
+    settings: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The `@giellm_backends` block for a trained model: a .gguf file ->
     giellm.LlamaCpp.v1; a LoRA adapter dir -> giellm.HF.v1 on its base model
-    with the adapter; any other model dir or hub id -> giellm.HF.v1."""
+    with the adapter; any other model dir or hub id -> giellm.HF.v1.
+
+    `settings`: more of the backend's settings (`backends.settings`: any
+    field of HFSettings or LlamaCppSettings, e.g. {"jump_forward": False});
+    a string value is read by the field's type (a command line's
+    `--setting name=value`). The block is validated as the backend's
+    settings now: an unknown or bad setting is a ValueError naming it."""
+    cfg = _model_backend_config(model, max_new_tokens=max_new_tokens, batch_size=batch_size, n_ctx=n_ctx,
+                                constrained=constrained)
+    from ..backends.settings import setting_value, settings_class_for
+
+    settings_class = settings_class_for(cfg["@giellm_backends"])
+    for name, value in (settings or {}).items():
+        cfg[name] = setting_value(settings_class, name, value) if isinstance(value, str) else value
+    settings_class(**{k: v for k, v in cfg.items() if k != "@giellm_backends"})  # validates, naming the field
+    return cfg
+
+
+def _model_backend_config(model: PathLike, *, max_new_tokens: int, batch_size: int, n_ctx: int,
+                          constrained: bool) -> Dict[str, Any]:
     path = Path(model)
     if path.suffix == ".gguf":
         return {
@@ -197,6 +217,7 @@ def evaluate(
     constrained: bool = False,
     tasks: Any = None,
     cache: Optional[PathLike] = None,
+    settings: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Score `model` (HF dir, LoRA adapter dir or .gguf) on held-out `data`;
     writes metrics.json, metrics.md and (optionally) predictions.jsonl to
@@ -204,7 +225,8 @@ def evaluate(
     `tasks` (the user's: names, task files), the model's own, the data's
     sidecar, the built-in ones; `metrics["tasks"]` says whose was used. With
     `cache` (a database file), the model's responses are kept there and a
-    re-run reuses them (`metrics["cache"]`: hits and misses)."""
+    re-run reuses them (`metrics["cache"]`: hits and misses). `settings`:
+    more backend settings (`backend_config`)."""
     from .model_tasks import model_task_resolver
 
     t0 = time.time()
@@ -212,7 +234,8 @@ def evaluate(
     groups = load_gold(data, resolver)
     if limit:
         groups = {k: (t, anns[:limit]) for k, (t, anns) in groups.items()}
-    backend_cfg = backend_config(model, max_new_tokens=max_new_tokens, batch_size=batch_size, constrained=constrained)
+    backend_cfg = backend_config(model, max_new_tokens=max_new_tokens, batch_size=batch_size, constrained=constrained,
+                                 settings=settings)
     nlp = make_nlp(nlp_base)
     results: Dict[str, Any] = {}
     all_model: Pairs = []

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from ..backends.settings import point_at_model_file
 from ..util import atomic_dir
 from .evaluate import add_giellm, backend_config, load_gold, make_backend
 from .train import atomic_save
@@ -266,7 +267,7 @@ def package_pipeline(
         model_copy.parent.mkdir()
         shutil.copyfile(gguf, model_copy)
         for pipe_name in names:  # the components write their reference to the copy
-            nlp.get_pipe(pipe_name).backend.model_path = str(model_copy)
+            point_at_model_file(nlp.get_pipe(pipe_name).backend, model_copy)
         if licenses:
             (tmp / LICENSE_DIR).mkdir()
             for file_name, source in licenses.items():
