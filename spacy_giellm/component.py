@@ -29,7 +29,7 @@ from .docs import ENTITY_GROUP, SENTIMENT_GROUP, annotation_from_doc  # noqa: F4
 from .format import build_input, label_marker, parse_output
 from .parts import doc_parts, fit_to_context
 from .prediction import DocPrediction, PartPrediction
-from .tasks import Task, get_task
+from .tasks import Task, get_task, load_json_text
 
 logger = logging.getLogger("spacy_giellm")
 
@@ -418,7 +418,8 @@ class GiellmComponent(Pipe):
     def from_disk(self, path: Union[str, Path], *, exclude: Sequence[str] = ()) -> "GiellmComponent":
         def load_task(task_file: Path) -> None:
             if task_file.exists():
-                self._set_task(Task.from_dict(json.loads(task_file.read_text(encoding="utf8")), source=str(task_file)))
+                where = str(task_file)
+                self._set_task(Task.from_dict(load_json_text(task_file.read_text(encoding="utf8"), where), source=where))
 
         util.from_disk(ensure_path(path), {"task.json": load_task, MODEL_REF: self._read_model_ref}, exclude)
         return self
@@ -482,7 +483,7 @@ class GiellmComponent(Pipe):
 
     def from_bytes(self, data: bytes, *, exclude: Sequence[str] = ()) -> "GiellmComponent":
         if "task" not in exclude and data:
-            self._set_task(Task.from_dict(json.loads(data.decode("utf8"))))
+            self._set_task(Task.from_dict(load_json_text(data.decode("utf8"), "giellm: task bytes")))
         return self
 
     def _set_task(self, task: Task) -> None:
