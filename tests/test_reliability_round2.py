@@ -317,3 +317,67 @@ def test_deeply_nested_jsonl_line_is_named(tmp_path):
     recs.write_text('{"text": "良い文。"}\n' + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf8")
     with pytest.raises(CorpusError, match=rf"^{recs}:2: invalid JSON: nested too deeply"):
         list(read_texts(recs, ReadReport()))
+
+
+# --- 6. train --processes: the workers die with the parent ---------------------
+
+_PARENT = """
+import sys
+from spacy_giellm.training import parallel
+sys.executable = sys.argv[1]  # the workers: a script that records its pid and sleeps
+sys.exit(parallel.run_data_parallel(["train"], 2, 2))
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie has died
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for(condition, what, seconds=60):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="/proc and prctl")
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL"])
+def test_train_workers_die_with_the_parent(tmp_path, signame):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pids = tmp_path / "pids"
+    worker = tmp_path / "worker.sh"
+    worker.write_text(f"#!/bin/sh\necho $$ >> {pids}\nexec sleep 600\n", encoding="utf8")
+    worker.chmod(0o755)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(worker)], env=dict(os.environ, TMPDIR=str(tmp)),
+        start_new_session=True,  # a signal for the parent alone, not its process group
+    )
+    try:
+        _wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, "the two workers")
+        assert [p.name.startswith("giellm-rendezvous-") for p in tmp.iterdir()] == [True]
+        workers = [int(pid) for pid in pids.read_text().split()]
+        parent.send_signal(getattr(signal, signame))
+        parent.wait(timeout=60)
+        _wait_for(lambda: not any(_alive(pid) for pid in workers), "the workers to end")
+        if signame != "SIGKILL":  # a killed parent cannot clean up; its workers still end
+            assert list(tmp.iterdir()) == []
+            assert parent.returncode != 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in (int(p) for p in pids.read_text().split()) if pids.exists() else ():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
