@@ -381,3 +381,85 @@ def test_train_workers_die_with_the_parent(tmp_path, signame):
         for pid in (int(p) for p in pids.read_text().split()) if pids.exists() else ():
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --- 8. the response cache -----------------------------------------------------
+
+
+def _respond(cache, prompts, calls):
+    def run(missing):
+        calls.extend(missing)
+        return [f"out:{p}" for p in missing], [{"A": 0.25, "B": 0.75} for _ in missing]
+
+    return cache.respond({"model": "m"}, prompts, run)
+
+
+def test_a_cache_row_with_string_scores_is_a_miss(tmp_path):
+    import sqlite3
+
+    from spacy_giellm.cache import ResponseCache
+
+    db = tmp_path / "c.sqlite"
+    calls = []
+    first = _respond(ResponseCache(db), ["p1", "p2"], calls)
+    with sqlite3.connect(db) as conn:
+        conn.execute("""UPDATE responses SET value = '{"output": "x", "scores": {"A": "high"}}'""")
+    assert _respond(ResponseCache(db), ["p1", "p2"], calls) == (first[0], first[1], 2)  # computed again
+    assert calls == ["p1", "p2", "p1", "p2"]
+
+
+def test_cache_files_are_the_owners_alone(tmp_path):
+    import os
+    import stat
+
+    from spacy_giellm.cache import ResponseCache
+
+    old = os.umask(0o022)
+    try:
+        _respond(ResponseCache(tmp_path / "c.sqlite"), ["p"], [])
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes and all(mode == 0o600 for mode in modes.values()), modes
+
+
+@pytest.mark.parametrize("damage", ["garbage", "readonly"])
+def test_sqlite_errors_name_the_database_file(tmp_path, damage):
+    import os
+    import sqlite3
+
+    from spacy_giellm.cache import CacheError, ResponseCache
+
+    db = tmp_path / "c.sqlite"
+    cache = ResponseCache(db)
+    _respond(cache, ["p"], [])
+    cache.close()
+    with sqlite3.connect(db) as conn:  # everything into the one file
+        conn.execute("PRAGMA journal_mode = DELETE")
+    if damage == "garbage":  # the first page (the schema) survives, the tables' pages do not
+        data = bytearray(db.read_bytes())
+        data[4096:] = b"\xff" * (len(data) - 4096)
+        db.write_bytes(bytes(data))
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes read-only files")
+        db.chmod(0o400)
+    with pytest.raises(CacheError, match=rf"giellm cache: '{db}': DatabaseError"):
+        _respond(ResponseCache(db), ["p", "new"], [])
+
+
+def test_a_lock_held_past_the_timeout_names_the_database_file(tmp_path):
+    import sqlite3
+
+    from spacy_giellm.cache import CacheError, ResponseCache
+
+    db = tmp_path / "c.sqlite"
+    _respond(ResponseCache(db), ["p"], [])
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(CacheError, match=rf"{db}.*locked"):
+            _respond(ResponseCache(db, timeout=0.05), ["new"], [])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
