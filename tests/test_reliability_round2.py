@@ -463,3 +463,60 @@ def test_a_lock_held_past_the_timeout_names_the_database_file(tmp_path):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+# --- 8. outputs: SIGTERM leaves no temporary file, a file keeps its mode ------
+
+_ANNOTATE_THEN_SIGTERM = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import annotated_docs
+annotated_docs.build_pipeline()  # fills the scripted backend's tables
+import spacy_giellm.annotate as annotate_module
+from spacy_giellm.cli import app
+
+real = annotate_module.doc_row
+
+def doc_row(doc, line=None):
+    if line == 2:  # midway through the run
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(doc, line)
+
+annotate_module.doc_row = doc_row
+app(sys.argv[2:])
+"""
+
+
+def test_sigterm_during_annotate_leaves_no_temporary_files(ja_pipeline, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("一つ目の文。\n二つ目の文。\n三つ目の文。\n", encoding="utf8")
+    args = ["annotate", ja_pipeline, "--input", texts, "--output", tmp_path / "out.jsonl", "--html", tmp_path / "o.html"]
+    tests = Path(__file__).parent
+    done = subprocess.run(
+        [sys.executable, "-c", _ANNOTATE_THEN_SIGTERM, str(tests), *map(str, args)], capture_output=True, timeout=300
+    )
+    assert done.returncode == 128 + 15, done.stderr.decode()[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.txt"]
+
+
+def test_replacing_an_output_keeps_its_mode(tmp_path):
+    import os
+    import stat
+
+    from spacy_giellm.util import atomic_write_text
+
+    private = tmp_path / "private.jsonl"
+    private.write_text("old", encoding="utf8")
+    private.chmod(0o600)
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(private, "new")
+        atomic_write_text(tmp_path / "fresh.jsonl", "new")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600 and private.read_text(encoding="utf8") == "new"
+    assert stat.S_IMODE((tmp_path / "fresh.jsonl").stat().st_mode) == 0o644  # a new file: the umask's

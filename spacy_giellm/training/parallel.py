@@ -19,10 +19,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, List
+
+from ..util import signals_end_the_run
 
 RENDEZVOUS_ENV = "SPACY_GIELLM_RENDEZVOUS"
 
@@ -44,7 +45,7 @@ def run_data_parallel(argv: List[str], processes: int, threads: int) -> int:
     """Run `python -m spacy_giellm <argv>` as one data-parallel run of
     `processes` processes, each with its share of `threads` cores; the
     exit code of the first process that fails, else 0."""
-    with _signals_end_the_run(), tempfile.TemporaryDirectory(prefix="giellm-rendezvous-") as tmp:
+    with signals_end_the_run(), tempfile.TemporaryDirectory(prefix="giellm-rendezvous-") as tmp:
         base_env = dict(os.environ)
         base_env.setdefault("OMP_NUM_THREADS", str(max(1, threads // processes)))
         base_env.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -76,27 +77,6 @@ def run_data_parallel(argv: List[str], processes: int, threads: int) -> int:
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
-
-
-@contextmanager
-def _signals_end_the_run() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the run as Ctrl-C does, by an exception, so that
-    the workers are stopped and the rendezvous directory removed (by default
-    they kill this process at once, leaving both behind). Exit code 128 +
-    the signal. Only in the main thread (where Python handles signals)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _die_with(parent: int) -> Callable[[], None]:
