@@ -520,3 +520,40 @@ def test_replacing_an_output_keeps_its_mode(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(private.stat().st_mode) == 0o600 and private.read_text(encoding="utf8") == "new"
     assert stat.S_IMODE((tmp_path / "fresh.jsonl").stat().st_mode) == 0o644  # a new file: the umask's
+
+
+# --- 8. trim-vocab and export-gguf fail early, naming the file -----------------
+
+
+def test_trim_vocab_checks_data_before_the_base_and_never_asks_the_hub(tmp_path, monkeypatch):
+    import transformers
+
+    from spacy_giellm.training import base_model
+
+    asked = []
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda *a, **k: asked.append(a))
+    monkeypatch.setattr(base_model, "hf_dir_from_gguf", lambda *a, **k: asked.append(a))
+    gguf = tmp_path / "base.gguf"
+    gguf.write_bytes(b"GGUF")
+    result = _run("trim-vocab", gguf, tmp_path / "out", "--data", tmp_path / "missing.jsonl")
+    assert result.exit_code == 1 and "missing.jsonl" in result.output
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"input": "a", "output": "b"}\n', encoding="utf8")
+    result = _run("trim-vocab", "no-such-model", tmp_path / "out", "--data", data)
+    assert result.exit_code == 1 and "'no-such-model' is neither a local directory" in result.output
+    assert asked == []  # no dequantizing, no hub look-up
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_gguf_names_a_corrupt_config_json(tiny_model_dir, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "config.json").write_text('{"model_type": "llama", ', encoding="utf8")
+    result = _run("export-gguf", model, tmp_path / "m.gguf")
+    assert result.exit_code == 1 and f"{model / 'config.json'}: not valid JSON" in result.output
+    (model / "config.json").write_text("[1, 2]", encoding="utf8")
+    result = _run("export-gguf", model, tmp_path / "m.gguf")
+    assert result.exit_code == 1 and "not a transformers model config" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
