@@ -35,6 +35,10 @@ logger = logging.getLogger("spacy_giellm")
 
 # In a component's directory: where its backend's model file is (see to_disk).
 MODEL_REF = "model.json"
+# Set to 1 to let a pipeline's model.json name a model file outside the
+# pipeline directory (a pipeline loaded and saved elsewhere refers to its
+# model by an absolute path).
+ALLOW_OUTSIDE_ENV = "SPACY_GIELLM_ALLOW_MODEL_OUTSIDE_PIPELINE"
 
 __all__ = ["GiellmComponent", "make_giellm", "DEFAULT_CONFIG", "ENTS_POLICIES",
            "ENTITY_GROUP", "SENTIMENT_GROUP", "annotation_from_doc"]
@@ -460,6 +464,15 @@ class GiellmComponent(Pipe):
             raise ValueError(f"giellm: {ref_file}: 'model_path' must be a non-empty string, got {model_path!r}")
         # absolute: a later chdir must not lose it (spacy.load("relative/dir"))
         model_file = Path(os.path.abspath(ref_file.parent / model_path))
+        pipeline_dir = os.path.realpath(ref_file.parent.parent)
+        inside = os.path.commonpath([pipeline_dir, os.path.realpath(model_file)]) == pipeline_dir
+        if not inside and os.environ.get(ALLOW_OUTSIDE_ENV) != "1":
+            # never opened: a pipeline from elsewhere must not make us read
+            # (and quote) any file it names
+            raise ValueError(
+                f"giellm: {ref_file} names the model file {model_path!r}, outside the pipeline directory "
+                f"{pipeline_dir}: refusing to open it. If you trust this pipeline, set {ALLOW_OUTSIDE_ENV}=1"
+            )
         if not model_file.is_file():
             raise FileNotFoundError(
                 f"giellm: {ref_file} names the model file {model_path!r}, which is not there ({model_file}): "

@@ -557,3 +557,31 @@ def test_export_gguf_names_a_corrupt_config_json(tiny_model_dir, tmp_path):
     result = _run("export-gguf", model, tmp_path / "m.gguf")
     assert result.exit_code == 1 and "not a transformers model config" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+# --- 8. model.json cannot point outside the pipeline ---------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["../../etc/passwd", "other-gguf", "link-inside"])
+def test_model_json_naming_a_file_outside_the_pipeline_is_refused(packaged, package_inputs, where, monkeypatch):
+    import spacy
+
+    out, _ = packaged
+    secret = out.parent / "secret.txt"
+    secret.write_text("TOPSECRET-9f3 and more", encoding="utf8")
+    if where == "other-gguf":
+        target = str(package_inputs["gguf"])
+    elif where == "link-inside":  # inside by name, outside in fact
+        (out / "giellm_model" / "link.gguf").symlink_to(secret)
+        target = "../giellm_model/link.gguf"
+    else:
+        target = where
+    ref = out / "giellm_tcree_event" / "model.json"
+    ref.write_text(json.dumps({"model_path": target}), encoding="utf8")
+    with pytest.raises(ValueError, match=rf"{ref} names the model file .*outside the pipeline directory") as err:
+        spacy.load(out)
+    assert "TOPSECRET" not in str(err.value)  # nothing of the file is quoted
+    monkeypatch.setenv("SPACY_GIELLM_ALLOW_MODEL_OUTSIDE_PIPELINE", "1")
+    if where == "other-gguf":
+        assert spacy.load(out).get_pipe("giellm_tcree_event").backend.model_path == target
