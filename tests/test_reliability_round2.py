@@ -585,3 +585,27 @@ def test_model_json_naming_a_file_outside_the_pipeline_is_refused(packaged, pack
     monkeypatch.setenv("SPACY_GIELLM_ALLOW_MODEL_OUTSIDE_PIPELINE", "1")
     if where == "other-gguf":
         assert spacy.load(out).get_pipe("giellm_tcree_event").backend.model_path == target
+
+
+# --- 7. llama.cpp's default thread count leaves room for the machine ----------
+
+
+@pytest.mark.parametrize(
+    "cores, load, expected",
+    [(2, 0.0, 1), (1, 0.0, 1), (8, 0.2, 7), (8, 3.4, 5), (8, 2.6, 5), (8, 20.0, 1), (16, None, 15)],
+)
+def test_default_threads_are_fewer_than_the_cores_and_the_busy_ones(monkeypatch, cores, load, expected):
+    import os
+
+    from spacy_giellm.backends import llamacpp
+
+    monkeypatch.setattr(llamacpp, "physical_cores", lambda: cores)
+    if load is None:
+        monkeypatch.delattr(os, "getloadavg")
+    else:
+        monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    llamacpp.default_threads.cache_clear()
+    try:
+        assert llamacpp.default_threads() == expected
+    finally:
+        llamacpp.default_threads.cache_clear()
