@@ -197,8 +197,10 @@ def _check_word(value: Any) -> str:
     return value
 
 
-def _check_optional_word(value: Any) -> Optional[str]:
-    return None if value is None else _check_word(value)
+def _check_kind(value: Any) -> str:
+    if value not in WORD_KINDS:
+        raise ValueError(f"must be one of {list(WORD_KINDS)}, got {value!r:.80}")
+    return value
 
 
 def _check_optional_text(value: Any) -> Optional[str]:
@@ -242,13 +244,13 @@ _TASK_FIELDS: Dict[str, Tuple[Callable[[Any], Any], Any]] = {
     "name": (_check_name, _REQUIRED),
     "text_labels": (_check_words, ()),
     "word_levels": (_check_word_levels, ()),
-    "instruction": (_check_optional_word, None),
+    "instruction": (_check_optional_text, None),
     "separator": (_check_text, ""),
     "null_marker": (_check_optional_text, None),
     "fullwidth_delimiters": (_check_bool, False),
 }
 _WORD_LEVEL_FIELDS: Dict[str, Tuple[Callable[[Any], Any], Any]] = {
-    "kind": (_check_word, _REQUIRED),
+    "kind": (_check_kind, _REQUIRED),
     "instruction": (_check_word, _REQUIRED),
     "labels": (_check_words, ()),
     "arity": (_check_int, 0),

@@ -27,6 +27,8 @@ GOOD = {"name": "recipe", "text_labels": ["和食", "洋食"], "word_levels": [E
         ({"word_levels": [dict(ENTITY_LEVEL, colour="red")]}, r"word_levels\[0\]"),
         ({"word_levels": {"kind": "entities"}}, "word_levels"),
         ({"instruction": 7, "word_levels": []}, "instruction"),
+        ({"word_levels": [dict(ENTITY_LEVEL, kind="entity")]}, r"word_levels\[0\]\.kind"),
+        ({"word_levels": [{"kind": "entities"}]}, r"word_levels\[0\]\.instruction"),
         ({"separator": 0}, "separator"),
         ({"null_marker": ["なし"]}, "null_marker"),
         ({"fullwidth_delimiters": "false"}, "fullwidth_delimiters"),  # not True
