@@ -7,7 +7,11 @@ JSONL, or any), else a text file with one text per line (blank lines are
 not texts). A bad line (not UTF-8, not JSON, no "text") is an error naming
 the file and line, or with `skip_errors` a counted skip listed in the
 report. All input is checked before the pipeline loads, so a bad line stops
-the run before the model spends time on the lines before it.
+the run before the model spends time on the lines before it; so are the
+output paths (none may be the input, another output or a directory). A JSONL
+text with a lone surrogate is such a bad line, and so is a text the
+tokenizer fails on (found as the run reaches it); a text longer than
+Sudachi takes is tokenized in pieces (`make_doc`).
 
 Outputs, each written atomically (a failed run leaves none half-written):
 

@@ -433,7 +433,9 @@ class GiellmComponent(Pipe):
         component's directory if it is inside the pipeline directory (the
         component directory's parent). A model file that from_disk set keeps
         being referred to (absolute if no longer inside), so a loaded package
-        saved elsewhere still finds its model; any other is the config's."""
+        saved elsewhere still finds its model (loading it then needs
+        SPACY_GIELLM_ALLOW_MODEL_OUTSIDE_PIPELINE=1: a model.json leading out
+        of the pipeline is refused otherwise); any other is the config's."""
         model_path = getattr(self.backend, "model_path", None)
         ref: Optional[str] = None
         if model_path:
