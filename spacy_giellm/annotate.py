@@ -7,7 +7,11 @@ JSONL, or any), else a text file with one text per line (blank lines are
 not texts). A bad line (not UTF-8, not JSON, no "text") is an error naming
 the file and line, or with `skip_errors` a counted skip listed in the
 report. All input is checked before the pipeline loads, so a bad line stops
-the run before the model spends time on the lines before it.
+the run before the model spends time on the lines before it; so are the
+output paths (none may be the input, another output or a directory). A JSONL
+text with a lone surrogate is such a bad line, and so is a text the
+tokenizer fails on (found as the run reaches it); a text longer than
+Sudachi takes is tokenized in pieces (`make_doc`).
 
 Outputs, each written atomically (a failed run leaves none half-written):
 
@@ -28,6 +32,7 @@ name.
 """
 import json
 import logging
+import re
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -131,6 +136,10 @@ def read_texts(path: PathLike, report: ReadReport, skip_errors: bool = False) ->
             elif not isinstance(record.get("text"), str) or not record["text"].strip():
                 report.fail(where, f'a record needs a non-empty "text" string, got {record.get("text")!r:.60}',
                             skip_errors)
+            elif _lone_surrogate(record["text"]) is not None:
+                at = _lone_surrogate(record["text"])
+                report.fail(where, f'"text" holds a lone surrogate {record["text"][at]!r} at character {at}: '
+                            "not Unicode text", skip_errors)
             else:
                 yield record["text"], lineno
         return
@@ -143,6 +152,46 @@ def read_texts(path: PathLike, report: ReadReport, skip_errors: bool = False) ->
             report.skip(error, skip_errors)
         else:
             yield text, lineno
+
+
+def _lone_surrogate(text: str) -> Optional[int]:
+    """Where `text` holds a lone surrogate (JSON's "\\ud800"), which no
+    tokenizer or output file can encode; None if nowhere."""
+    try:
+        text.encode("utf8")
+        return None
+    except UnicodeEncodeError as err:
+        return err.start
+
+
+# The most UTF-8 bytes SudachiPy (the Japanese tokenizer of `ja` and GiNZA
+# pipelines) takes in one text; a longer text is tokenized in pieces.
+TOKENIZER_MAX_BYTES = 49_149
+_PIECE_ENDS = re.compile(r"[。！？!?\n]+")
+
+
+def split_for_tokenizer(text: str, max_bytes: int = TOKENIZER_MAX_BYTES) -> List[str]:
+    """`text` in pieces of at most `max_bytes` UTF-8 bytes, cut after a
+    sentence or line end where the piece has one, else at a character; the
+    pieces join to `text`."""
+    pieces = []
+    while len(text.encode("utf8")) > max_bytes:
+        head = text.encode("utf8")[:max_bytes].decode("utf8", "ignore")
+        cut = max((m.end() for m in _PIECE_ENDS.finditer(head)), default=0) or len(head)
+        pieces.append(text[:cut])
+        text = text[cut:]
+    return pieces + [text]
+
+
+def make_doc(nlp: Language, text: str) -> Doc:
+    """`nlp.make_doc(text)`; a text longer than the tokenizer takes
+    (`TOKENIZER_MAX_BYTES`) is tokenized in pieces (`split_for_tokenizer`)
+    joined into one Doc with the same text. The giellm pipes then cut it
+    for the model's context as any long doc."""
+    pieces = split_for_tokenizer(text)
+    if len(pieces) == 1:
+        return nlp.make_doc(text)
+    return Doc.from_docs([nlp.make_doc(piece) for piece in pieces], ensure_whitespace=False)
 
 
 def doc_problems(doc: Doc) -> Dict[str, Dict[str, Any]]:
@@ -187,13 +236,41 @@ def doc_row(doc: Doc, line: Optional[int] = None) -> Dict[str, Any]:
 def annotate(pipeline: PathLike, texts: Sequence[str]) -> List[Dict[str, Any]]:
     """Run a pipeline over texts: a `doc_row` per text."""
     nlp = load_pipeline(pipeline)
-    return [doc_row(doc) for doc in nlp.pipe(texts)]
+    return [doc_row(doc) for doc in nlp.pipe(make_doc(nlp, text) for text in texts)]
 
 
 def _count_texts(path: PathLike, skip_errors: bool) -> Tuple[int, ReadReport]:
     report = ReadReport(path=str(path))
     total = sum(1 for _ in read_texts(path, report, skip_errors))
     return total, report
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def check_output_paths(input_path: PathLike, outputs: Dict[str, Optional[PathLike]]) -> None:
+    """Before anything runs: no output is the input (or another output) and
+    none is a directory; a ValueError naming the option and the path. The
+    input is never overwritten."""
+    given = [(option, Path(path)) for option, path in outputs.items() if path is not None]
+    for i, (option, path) in enumerate(given):
+        if path.is_dir():
+            raise ValueError(f"annotate: {option} {str(path)!r} is a directory: give a file name")
+        if _same_file(path, Path(input_path)):
+            raise ValueError(
+                f"annotate: {option} {str(path)!r} is the input file: refusing to overwrite the input; "
+                "give another output file"
+            )
+        for other_option, other in given[:i]:
+            if _same_file(path, other):
+                raise ValueError(
+                    f"annotate: {other_option} and {option} are the same file {str(path)!r}: "
+                    "one would replace the other; give two files"
+                )
 
 
 def annotate_file(
@@ -222,6 +299,7 @@ def annotate_file(
         raise ValueError(f"annotate: output {str(output)!r} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
     if n_process == 0 or n_process < -1:
         raise ValueError(f"annotate: n_process must be 1 or more (-1: one per CPU), got {n_process}")
+    check_output_paths(input_path, {"--output": output, "--html": html})
     # Checks every line before the model runs: a bad one stops the run now.
     total, report = _count_texts(input_path, skip_errors)
     for reason in report.reasons:
@@ -229,6 +307,20 @@ def annotate_file(
     nlp = keep_outputs(pipeline) if isinstance(pipeline, Language) else load_pipeline(pipeline)
     roles = event_roles(nlp)
     texts = read_texts(input_path, ReadReport(), skip_errors=True)  # the bad lines were reported above
+
+    def docs() -> Iterator[Tuple[Doc, int]]:
+        # Tokenized here, a text at a time: a text the tokenizer fails on is
+        # an error naming its line, or with skip_errors a counted skip.
+        for text, line in texts:
+            try:
+                doc = make_doc(nlp, text)
+            except Exception as err:  # the tokenizer's own error, whatever its type
+                report.fail(f"{input_path}:{line}", f"the tokenizer failed on this text: {err}", skip_errors)
+                logger.warning("annotate: skipped %s", report.reasons[-1])
+                bar.update(1)
+                continue
+            yield doc, line
+
     written = 0
     with_problems = 0
     with ExitStack() as stack:
@@ -246,7 +338,7 @@ def annotate_file(
             total=total, desc="annotate", unit=" doc", file=sys.stderr,
             disable=None if progress is None else not progress,
         ))
-        for doc, line in nlp.pipe(texts, as_tuples=True, batch_size=batch_size, n_process=n_process):
+        for doc, line in nlp.pipe(docs(), as_tuples=True, batch_size=batch_size, n_process=n_process):
             problems = doc_problems(doc)
             with_problems += bool(problems)
             if jsonl is not None:

@@ -38,8 +38,9 @@ import logging
 import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from spacy.util import registry
 
@@ -136,6 +137,14 @@ class ResponseCache:
             self._conn = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            # The rows hold text fragments: a new database is the owner's
+            # alone (0600); sqlite gives its -wal and -shm files its mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise CacheError(f"giellm.cache.v1: cannot create {str(self.path)!r}: {e}") from e
+        try:
             # autocommit: each write is its own explicit transaction
             conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None,
                                    check_same_thread=False)
@@ -155,8 +164,17 @@ class ResponseCache:
                 self._conn.close()
             self._conn = None
 
+    @contextmanager
+    def _named(self) -> Iterator[None]:
+        """sqlite's own errors (a damaged page, a read-only file, a lock held
+        past the timeout) as a CacheError naming the database file."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise CacheError(f"giellm cache: {str(self.path)!r}: {type(e).__name__}: {e}") from e
+
     def _write(self, sql: str, rows: Sequence[Tuple[Any, ...]]) -> None:
-        with self._lock:
+        with self._lock, self._named():
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no deadlock on upgrade
             try:
@@ -190,7 +208,7 @@ class ResponseCache:
         stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         if (real, *stamp) in self._hashes:
             return self._hashes[(real, *stamp)]
-        with self._lock:
+        with self._lock, self._named():
             row = self._connection().execute(
                 "SELECT size, mtime_ns, ctime_ns, inode, sha256 FROM file_hashes WHERE path = ?", (real,)
             ).fetchone()
@@ -208,7 +226,7 @@ class ResponseCache:
         """The stored values among `keys`, as `check` reads them (a row it
         cannot read is logged and left out: it misses, and is written again)."""
         unique = list(dict.fromkeys(keys))
-        with self._lock:
+        with self._lock, self._named():
             conn = self._connection()
             rows = []
             for start in range(0, len(unique), _CHUNK):
@@ -257,7 +275,7 @@ class ResponseCache:
 
     def __len__(self) -> int:
         """How many responses are stored."""
-        with self._lock:
+        with self._lock, self._named():
             return int(self._connection().execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
     def respond(
@@ -299,6 +317,9 @@ def _read_response(row: Any) -> Response:
     output, scores = row["output"], row["scores"]
     if not isinstance(output, str) or not (scores is None or isinstance(scores, dict)):
         raise TypeError(f"not a response: {row!r}")
+    for label, score in (scores or {}).items():
+        if not isinstance(label, str) or isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise TypeError(f"not a label score: {label!r}: {score!r}")
     return output, scores
 
 

@@ -30,12 +30,16 @@ from .docs import ENTITY_GROUP, SENTIMENT_GROUP, annotation_from_doc  # noqa: F4
 from .format import build_input, label_marker, parse_output
 from .parts import doc_parts, fit_to_context
 from .prediction import DocPrediction, PartPrediction
-from .tasks import Task, get_task
+from .tasks import Task, get_task, load_json_text
 
 logger = logging.getLogger("spacy_giellm")
 
 # In a component's directory: where its backend's model file is (see to_disk).
 MODEL_REF = "model.json"
+# Set to 1 to let a pipeline's model.json name a model file outside the
+# pipeline directory (a pipeline loaded and saved elsewhere refers to its
+# model by an absolute path).
+ALLOW_OUTSIDE_ENV = "SPACY_GIELLM_ALLOW_MODEL_OUTSIDE_PIPELINE"
 
 __all__ = ["GiellmComponent", "make_giellm", "DEFAULT_CONFIG", "ENTS_POLICIES",
            "ENTITY_GROUP", "SENTIMENT_GROUP", "annotation_from_doc"]
@@ -419,7 +423,8 @@ class GiellmComponent(Pipe):
     def from_disk(self, path: Union[str, Path], *, exclude: Sequence[str] = ()) -> "GiellmComponent":
         def load_task(task_file: Path) -> None:
             if task_file.exists():
-                self._set_task(Task.from_dict(json.loads(task_file.read_text(encoding="utf8")), source=str(task_file)))
+                where = str(task_file)
+                self._set_task(Task.from_dict(load_json_text(task_file.read_text(encoding="utf8"), where), source=where))
 
         util.from_disk(ensure_path(path), {"task.json": load_task, MODEL_REF: self._read_model_ref}, exclude)
         return self
@@ -429,7 +434,9 @@ class GiellmComponent(Pipe):
         component's directory if it is inside the pipeline directory (the
         component directory's parent). A model file that from_disk set keeps
         being referred to (absolute if no longer inside), so a loaded package
-        saved elsewhere still finds its model; any other is the config's."""
+        saved elsewhere still finds its model (loading it then needs
+        SPACY_GIELLM_ALLOW_MODEL_OUTSIDE_PIPELINE=1: a model.json leading out
+        of the pipeline is refused otherwise); any other is the config's."""
         model_path = getattr(self.backend, "model_path", None)
         ref: Optional[str] = None
         if model_path:
@@ -460,6 +467,15 @@ class GiellmComponent(Pipe):
             raise ValueError(f"giellm: {ref_file}: 'model_path' must be a non-empty string, got {model_path!r}")
         # absolute: a later chdir must not lose it (spacy.load("relative/dir"))
         model_file = Path(os.path.abspath(ref_file.parent / model_path))
+        pipeline_dir = os.path.realpath(ref_file.parent.parent)
+        inside = os.path.commonpath([pipeline_dir, os.path.realpath(model_file)]) == pipeline_dir
+        if not inside and os.environ.get(ALLOW_OUTSIDE_ENV) != "1":
+            # never opened: a pipeline from elsewhere must not make us read
+            # (and quote) any file it names
+            raise ValueError(
+                f"giellm: {ref_file} names the model file {model_path!r}, outside the pipeline directory "
+                f"{pipeline_dir}: refusing to open it. If you trust this pipeline, set {ALLOW_OUTSIDE_ENV}=1"
+            )
         if not model_file.is_file():
             raise FileNotFoundError(
                 f"giellm: {ref_file} names the model file {model_path!r}, which is not there ({model_file}): "
@@ -480,7 +496,7 @@ class GiellmComponent(Pipe):
 
     def from_bytes(self, data: bytes, *, exclude: Sequence[str] = ()) -> "GiellmComponent":
         if "task" not in exclude and data:
-            self._set_task(Task.from_dict(json.loads(data.decode("utf8"))))
+            self._set_task(Task.from_dict(load_json_text(data.decode("utf8"), "giellm: task bytes")))
         return self
 
     def _set_task(self, task: Task) -> None:

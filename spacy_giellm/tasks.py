@@ -50,6 +50,9 @@ class WordLevel:
             raise ValueError(f"{self.kind}: {len(self.roles)} roles for {self.arity - 1} arguments")
         object.__setattr__(self, "labels", tuple(self.labels))
         object.__setattr__(self, "roles", tuple(self.roles))
+        for label in self.labels:  # an empty label's mentions could never become entities
+            if not isinstance(label, str) or not label.strip():
+                raise ValueError(f"{self.kind}: label {label!r} is not a non-empty string")
 
     @property
     def is_pair(self) -> bool:
@@ -77,7 +80,7 @@ class Task:
         if len(set(iws)) != len(iws):
             raise ValueError(f"task {self.name!r}: two word levels share an instruction word")
         for label in self.text_labels:
-            if not label or "<" in label or ">" in label:
+            if not isinstance(label, str) or not label or "<" in label or ">" in label:
                 raise ValueError(f"task {self.name!r}: text label {label!r} is empty or has < or >")
 
     @property
@@ -146,36 +149,168 @@ class Task:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "task") -> "Task":
-        known = {"name", "text_labels", "word_levels", "instruction", "separator",
-                 "null_marker", "fullwidth_delimiters"}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{source}: unknown task field(s) {sorted(unknown)}; known: {sorted(known)}")
-        if "name" not in data:
-            raise ValueError(f"{source}: a task needs a 'name'")
+        """A task from its definition (`to_dict`'s shape), checked field by
+        field (`check_task_dict`): a ValueError naming `source` and the field."""
+        checked = check_task_dict(data, source)
         try:
-            levels = tuple(
-                WordLevel(
-                    kind=wl["kind"],
-                    instruction=wl["instruction"],
-                    labels=tuple(wl.get("labels", ())),
-                    arity=int(wl.get("arity", 0)),
-                    label_position=int(wl.get("label_position", -1)),
-                    roles=tuple(wl.get("roles", ())),
-                )
-                for wl in data.get("word_levels", ())
-            )
-            return cls(
-                name=str(data["name"]),
-                text_labels=tuple(data.get("text_labels", ())),
-                word_levels=levels,
-                instruction=data.get("instruction"),
-                separator=data.get("separator", ""),
-                null_marker=data.get("null_marker"),
-                fullwidth_delimiters=bool(data.get("fullwidth_delimiters", False)),
-            )
+            levels = tuple(WordLevel(**wl) for wl in checked.pop("word_levels"))
+            return cls(word_levels=levels, **checked)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source}: invalid task definition: {err}") from err
+
+
+# --- the schema of a task definition -----------------------------------------
+#
+# Every reader of task definitions (task files, corpus sidecars,
+# `giellm_tasks.json`, a GGUF's `giellm.tasks`, a component's task.json, the
+# `giellm.task.v1` config block) goes through `Task.from_dict`, which checks
+# the definition against these tables first. A field is one row: its checker
+# (`_check_*`: the value, or a ValueError saying what it must be) and its
+# default (`_REQUIRED`: none). A new optional field is one row here (and its
+# dataclass field).
+
+_REQUIRED = object()
+
+
+def _check_name(value: Any) -> str:
+    # A task name becomes part of file and pipe names (`package`): no path
+    # separators, no control characters, not a relative directory name.
+    if (
+        not isinstance(value, str) or not value.strip() or value in (".", "..")
+        or any(c in value for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in value)
+    ):
+        raise ValueError(
+            f"must be a non-empty string without '/', '\\' or control characters, got {value!r:.80}"
+        )
+    return value
+
+
+def _check_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def _check_word(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a non-empty string, got {value!r:.80}")
+    return value
+
+
+def _check_kind(value: Any) -> str:
+    if value not in WORD_KINDS:
+        raise ValueError(f"must be one of {list(WORD_KINDS)}, got {value!r:.80}")
+    return value
+
+
+def _check_optional_text(value: Any) -> Optional[str]:
+    return None if value is None else _check_text(value)
+
+
+def _check_bool(value: Any) -> bool:
+    if not isinstance(value, bool):  # "false" is not False
+        raise ValueError(f"must be true or false, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def _check_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def _check_words(value: Any) -> Tuple[str, ...]:
+    """A list of non-empty strings ("社会文芸" is not four labels)."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"must be a list of strings, got {type(value).__name__} {value!r:.80}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise _FieldError(f"[{i}]", f"must be a non-empty string, got {item!r:.80}")
+    return tuple(value)
+
+
+def _check_word_levels(value: Any) -> List[Dict[str, Any]]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"must be a list of word level objects, got {type(value).__name__} {value!r:.80}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise _FieldError(f"[{i}]", f"must be an object, got {item!r:.80}")
+        out.append(_check_fields(item, _WORD_LEVEL_FIELDS, f"[{i}].", "word level"))
+    return out
+
+
+_TASK_FIELDS: Dict[str, Tuple[Callable[[Any], Any], Any]] = {
+    "name": (_check_name, _REQUIRED),
+    "text_labels": (_check_words, ()),
+    "word_levels": (_check_word_levels, ()),
+    "instruction": (_check_optional_text, None),
+    "separator": (_check_text, ""),
+    "null_marker": (_check_optional_text, None),
+    "fullwidth_delimiters": (_check_bool, False),
+}
+_WORD_LEVEL_FIELDS: Dict[str, Tuple[Callable[[Any], Any], Any]] = {
+    "kind": (_check_kind, _REQUIRED),
+    "instruction": (_check_word, _REQUIRED),
+    "labels": (_check_words, ()),
+    "arity": (_check_int, 0),
+    "label_position": (_check_int, -1),
+    "roles": (_check_words, ()),
+}
+
+
+class _FieldError(ValueError):
+    """A field's value is wrong; `field` is its path (`word_levels[0].labels`)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"field {field!r} {message}")
+        self.field, self.message = field, message
+
+
+def _check_fields(
+    data: Mapping[str, Any], fields: Mapping[str, Tuple[Callable[[Any], Any], Any]], prefix: str, what: str
+) -> Dict[str, Any]:
+    unknown = sorted(str(key) for key in data if key not in fields)
+    if unknown:
+        message = f"unknown {what} field(s) {unknown}; known: {sorted(fields)}"
+        raise _FieldError(prefix.rstrip("."), f"has {message}") if prefix else ValueError(message)
+    out: Dict[str, Any] = {}
+    for key, (check, default) in fields.items():
+        if key not in data:
+            if default is _REQUIRED:
+                raise _FieldError(prefix + key, f"is missing: a {what} needs a {key!r}")
+            out[key] = default
+            continue
+        try:
+            out[key] = check(data[key])
+        except _FieldError as err:  # in an item: word_levels[0].labels[2]
+            raise _FieldError(prefix + key + err.field, err.message) from None
+        except ValueError as err:
+            raise _FieldError(prefix + key, str(err)) from None
+    return out
+
+
+def check_task_dict(data: Any, source: str = "task") -> Dict[str, Any]:
+    """A task definition's fields, checked against the schema above (types,
+    no unknown field, defaults filled in): a ValueError naming `source` and
+    the field for anything else. What `Task.from_dict` builds a Task from."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: a task definition is an object, got {type(data).__name__}")
+    try:
+        return _check_fields(data, _TASK_FIELDS, "", "task")
+    except ValueError as err:
+        raise ValueError(f"{source}: invalid task definition: {err}") from None
+
+
+def load_json_text(text: str, where: str) -> Any:
+    """`json.loads(text)`; a ValueError naming `where` for text that is not
+    JSON or is nested too deeply to read (a RecursionError otherwise)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply to read") from None
+    except ValueError as err:
+        raise ValueError(f"{where}: not valid JSON: {err}") from err
 
 
 SCNM_TOPICS = ("社会", "文芸", "学問", "技術", "自然")
@@ -273,8 +408,8 @@ def load_task_file(path: Union[str, Path]) -> Task:
 
             data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
         else:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (ValueError, UnicodeDecodeError) as err:
+            data = load_json_text(path.read_text(encoding="utf-8-sig"), str(path))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"{path}: cannot read task file: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a task file holds one object")
@@ -356,7 +491,7 @@ def read_tasks_json(path: Union[str, Path]) -> Dict[str, Task]:
     """The task definitions in the JSON file `path` (`tasks_to_json`)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = load_json_text(path.read_text(encoding="utf-8-sig"), str(path))
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: cannot read task definitions: {err}") from err
     return tasks_from_json(data, str(path))

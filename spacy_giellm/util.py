@@ -12,15 +12,20 @@ and a file's SHA-256 (`file_sha256`).
 The temporary file sits beside the target (same file system, so the rename
 is atomic) and is created with mode 0666 minus the umask, as `open()` would
 create the target itself (`tempfile.mkstemp` makes 0600 files, which a
-shared corpus must not be). The target is replaced only when the block ends
+shared corpus must not be); a target that exists keeps its mode, as it would
+when `open()` rewrites it. The target is replaced only when the block ends
 without an error; otherwise the temporary file is removed and the target is
-left as it was.
+left as it was. Under `signals_end_the_run` (every command has it) SIGTERM
+and SIGHUP are such errors too.
 """
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import signal
+import stat
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -42,6 +47,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         except FileExistsError:
             continue
     try:
+        try:
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))  # a 0600 file stays 0600
+        except FileNotFoundError:
+            pass
         yield tmp
         os.replace(tmp, path)
     finally:
@@ -98,3 +107,25 @@ def file_sha256(path: PathLike) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def signals_end_the_run() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the block as Ctrl-C does, by an exception
+    (SystemExit, code 128 + the signal), so that `finally` blocks run:
+    temporary files are removed, child processes stopped. By default they
+    end the process at once, leaving both behind. Only in the main thread
+    (where Python handles signals); elsewhere the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

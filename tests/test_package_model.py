@@ -99,6 +99,10 @@ def test_packaged_pipeline_moves_without_its_gguf(inputs, tmp_path, monkeypatch,
     for name, _ in giellm_pipes(nlp):
         ref = json.loads((resaved / name / "model.json").read_text(encoding="utf8"))
         assert ref == {"model_path": str((moved / "giellm_model" / "model.gguf").resolve())}
+    # a model outside the pipeline directory is opened only when the user says so
+    with pytest.raises(ValueError, match=r"model\.json names the model file .* outside the pipeline directory"):
+        spacy.load(resaved)
+    monkeypatch.setenv("SPACY_GIELLM_ALLOW_MODEL_OUTSIDE_PIPELINE", "1")
     assert outputs(spacy.load(resaved)) == before
 
 

@@ -43,10 +43,15 @@ def test_new_dir_then_force_replaces_only_our_pipeline(setup, tmp_path):
 
     result = package(setup, out)  # again, without --force
     assert result.exit_code == 1 and "not empty" in result.output and "--force" in result.output
-    (out / "config.cfg").write_text("marker", encoding="utf8")
+    written = (out / "config.cfg").read_text(encoding="utf8")
     assert package(setup, out, "--force").exit_code == 0
-    assert (out / "config.cfg").read_text(encoding="utf8") != "marker"  # replaced
+    assert (out / "config.cfg").read_text(encoding="utf8") == written  # replaced by the same
     assert [p.name for p in tmp_path.iterdir()] == ["pipeline"]  # no temp dirs left beside it
+    (out / "config.cfg").write_text("marker", encoding="utf8")  # edited by the user: kept
+    result = package(setup, out, "--force")
+    assert result.exit_code == 1 and "config.cfg (changed)" in result.output
+    assert (out / "config.cfg").read_text(encoding="utf8") == "marker"
+    (out / "config.cfg").write_text(written, encoding="utf8")
 
     (out / "notes.txt").write_text("mine", encoding="utf8")  # a user file inside our pipeline
     result = package(setup, out, "--force")

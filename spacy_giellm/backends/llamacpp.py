@@ -32,6 +32,8 @@ byte.
 from __future__ import annotations
 
 import ctypes
+import functools
+import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
@@ -41,7 +43,9 @@ from .base import LocalModelBackend, loaded_attribute
 from .gguf_check import validate_gguf
 from .settings import LlamaCppSettings
 
-__all__ = ["LlamaCppBackend", "make_llamacpp_backend", "physical_cores"]
+logger = logging.getLogger("spacy_giellm")
+
+__all__ = ["LlamaCppBackend", "make_llamacpp_backend", "physical_cores", "default_threads"]
 
 
 def physical_cores() -> int:
@@ -81,6 +85,28 @@ def physical_cores() -> int:
     if not cores:
         return max(1, n_logical)
     return max(1, min(len(cores), n_logical))
+
+
+@functools.lru_cache(maxsize=None)
+def default_threads() -> int:
+    """llama.cpp's thread count where `n_threads` is not given: the physical
+    cores less one, and less the cores other processes keep busy (the 1-minute
+    load average, rounded), at least 1. Chosen once per process.
+
+    llama.cpp's threads wait for each other at every step, so one of them
+    descheduled by another process stalls them all: with a busy process on a
+    2-core machine, 2 threads ran the tiny test model at 4-24 docs/s against
+    250 with 1 thread. One thread fewer than the cores costs a little speed on
+    an idle machine and avoids that collapse on a shared one. Set `n_threads`
+    to use every core of a machine the model has to itself."""
+    cores = physical_cores()
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except (AttributeError, OSError):  # no load average (Windows)
+        busy = 0
+    chosen = max(1, min(cores - 1, cores - busy))
+    logger.info("giellm.LlamaCpp.v1: n_threads %d (%d physical cores, load %d); set n_threads to choose", chosen, cores, busy)
+    return chosen
 
 
 def _max_sequences() -> int:
@@ -156,7 +182,7 @@ class LlamaCppBackend(LocalModelBackend):
             raise ImportError(
                 "giellm.LlamaCpp.v1 needs llama-cpp-python: pip install 'spacy-giellm[llamacpp]'"
             ) from e
-        n_threads = self.n_threads if self.n_threads else physical_cores()
+        n_threads = self.n_threads if self.n_threads else default_threads()
         try:
             # one loaded model per file and settings in the process (`shared`):
             # several components on one GGUF share its weights
@@ -309,7 +335,7 @@ class LlamaCppBackend(LocalModelBackend):
         if self._engine_ is None or self._engine_.n_seq < n_seq:
             if self._engine_ is not None:
                 self._engine_.close()
-            n_threads = self.n_threads if self.n_threads else physical_cores()
+            n_threads = self.n_threads if self.n_threads else default_threads()
             self._engine_ = SequenceBatcher(self._llm, n_ctx=self.n_ctx, n_seq=n_seq, n_threads=n_threads)
         return self._engine_
 

@@ -10,11 +10,10 @@ Pure Python: the GGUF is read with `gguf.GGUFReader` after
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
-from ..tasks import Task, read_tasks_json, tasks_from_json
+from ..tasks import Task, load_json_text, read_tasks_json, tasks_from_json
 
 PathLike = Union[str, Path]
 
@@ -40,11 +39,7 @@ def read_gguf_tasks(gguf: PathLike) -> Dict[str, Task]:
     where = f"{gguf}: metadata {GGUF_TASKS_KEY}"
     if not isinstance(value, str):
         raise ValueError(f"{where} is not a string")
-    try:
-        data = json.loads(value)
-    except ValueError as err:
-        raise ValueError(f"{where} is not JSON: {err}") from err
-    return tasks_from_json(data, where)
+    return tasks_from_json(load_json_text(value, where), where)
 
 
 def read_model_tasks(model: PathLike) -> Dict[str, Task]:

@@ -63,9 +63,14 @@ log_progress()
 
 @contextmanager
 def fail_cleanly() -> Iterator[None]:
-    """Bad input ends the command with its message and exit code 1, no traceback."""
+    """Bad input ends the command with its message and exit code 1, no
+    traceback. SIGTERM and SIGHUP end it as Ctrl-C does, so that no
+    temporary file is left beside an output (`util.signals_end_the_run`)."""
+    from ..util import signals_end_the_run
+
     try:
-        yield
+        with signals_end_the_run():
+            yield
     except (ValueError, KeyError, OSError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         typer.echo(f"error: {message}", err=True)

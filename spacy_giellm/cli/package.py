@@ -22,7 +22,7 @@ def package_cli(
     version: str = typer.Option("0.0.0", "--version"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
     force: bool = typer.Option(
-        False, "--force", help="Replace OUTPUT_DIR if it holds a pipeline this command wrote (nothing else is ever replaced)"
+        False, "--force", help="Replace OUTPUT_DIR if it holds a pipeline this command wrote, every file as it wrote it (nothing else is ever replaced)"
     ),
     license: Optional[str] = typer.Option(
         None, "--license", help="meta.json license, e.g. 'Gemma Terms of Use' for a model fine-tuned from Gemma"

@@ -32,6 +32,7 @@ def trim_vocab_cli(
         from ..training.base_model import resolve_base_model
         from ..training.trim_vocab import training_texts, trim_vocabulary
 
-        source = resolve_base_model(model)
-        echo_json(trim_vocabulary(source, output_dir, training_texts(data), keep_japanese=keep_japanese,
+        texts = training_texts(data)  # before the base: a bad --data fails before a GGUF is dequantized
+        source = resolve_base_model(model, hub=False)  # trimming reads a local tokenizer.json
+        echo_json(trim_vocabulary(source, output_dir, texts, keep_japanese=keep_japanese,
                                    keep_ascii_chars=keep_ascii))

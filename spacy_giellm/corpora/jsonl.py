@@ -52,6 +52,8 @@ def iter_json_lines(path: PathLike) -> Iterator[Tuple[int, Any]]:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as err:
                 yield lineno, CorpusError(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno})")
+            except RecursionError:
+                yield lineno, CorpusError(f"{path}:{lineno}: invalid JSON: nested too deeply to read")
 
 
 def annotation_from_record(

@@ -73,9 +73,11 @@ def license_files(module: Any) -> List[Path]:
     return list(found)
 
 
-def resolve_base_model(spec: Optional[str], *, cache: Optional[PathLike] = None) -> str:
+def resolve_base_model(spec: Optional[str], *, cache: Optional[PathLike] = None, hub: bool = True) -> str:
     """A directory or hub id `from_pretrained` loads, for any accepted `spec`
-    (see the module docstring). Fails early with BaseModelNotFound."""
+    (see the module docstring). Fails early with BaseModelNotFound. Without
+    `hub`, only local models (a directory, a .gguf file, a model package):
+    the hub is never asked."""
     if not spec:
         raise BaseModelNotFound("no base model given: pass a hub id, a local path, a .gguf file or a model package")
     path = Path(spec).expanduser()
@@ -93,6 +95,11 @@ def resolve_base_model(spec: Optional[str], *, cache: Optional[PathLike] = None)
         return str(hf_dir_from_gguf(gguf, cache=cache, licenses=license_files(module), package=spec))
     if _looks_like_path(spec):
         raise BaseModelNotFound(f"base model path not found: {spec}")
+    if not hub:
+        raise BaseModelNotFound(
+            f"base model {spec!r} is neither a local directory, a .gguf file nor an installed model package "
+            "(hub models are not looked up here: download it first)"
+        )
     from transformers import AutoConfig
 
     try:

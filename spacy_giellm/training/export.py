@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -232,16 +233,21 @@ def package_pipeline(
     # component's model.json is what loading goes by (see GiellmComponent.to_disk).
     model_ref = f"{MODEL_DIR}/{gguf.name}"
     backend["model_path"] = model_ref
-    names = []
-    for spec in tasks:
-        task_name = spec["task"]["name"]
-        iw = spec.get("instruction")
-        pipe_name = "giellm_" + "_".join(
-            p for p in (task_name, (iw or "").split()[0].lower() if iw else "") if p
-        ).replace("-", "_")
-        from ..tasks import Task
+    from ..tasks import Task
 
-        add_giellm(nlp, Task.from_dict(spec["task"]), backend, pipe_name, instruction=iw, ents="overwrite")
+    names: List[str] = []
+    sources: Dict[str, str] = {}
+    for spec in tasks:
+        task = Task.from_dict(spec["task"], source="package: task")  # a stored name is checked too
+        iw = spec.get("instruction")
+        pipe_name = pipe_name_for(task.name, iw)
+        where = f"task {task.name!r}" + (f" ({iw})" if iw else "")
+        if pipe_name in sources:
+            raise ValueError(
+                f"package: {sources[pipe_name]} and {where} would both be the component {pipe_name!r}: rename one"
+            )
+        sources[pipe_name] = where
+        add_giellm(nlp, task, backend, pipe_name, instruction=iw, ents="overwrite")
         names.append(pipe_name)
     nlp.meta["name"] = name
     nlp.meta["version"] = version
@@ -282,7 +288,14 @@ def package_pipeline(
         nlp.to_disk(tmp)
         meta_path = tmp / "meta.json"
         written = json.loads(meta_path.read_text(encoding="utf8"))
-        written[_PACKAGE_MARK] = {"written_by": "spacy_giellm package", "files": sorted(os.listdir(tmp))}
+        written[_PACKAGE_MARK] = {
+            "written_by": "spacy_giellm package",
+            "files": sorted(os.listdir(tmp)),
+            # every file (its SHA-256) and directory below, and meta.json's
+            # own content: --force replaces only what is still as written
+            "tree": _tree(tmp),
+            "meta_sha256": _meta_sha256(written),
+        }
         meta_path.write_text(json.dumps(written, ensure_ascii=False, indent=2), encoding="utf8")
         if out.exists():
             old = tmp.with_suffix(".old")
@@ -302,6 +315,18 @@ def package_pipeline(
         "pipeline": str(out), "components": names, "gguf": str(gguf), "model": str(out / model_ref),
         "base": base, "license": license, "license_files": [f"{LICENSE_DIR}/{n}" for n in licenses],
     }
+
+
+def pipe_name_for(task_name: str, instruction: Optional[str] = None) -> str:
+    """The component name of a task (and instruction word) in a packaged
+    pipeline: `giellm_` + the name and the instruction word's first word,
+    every character that is not a letter, digit or `_` made `_`. The name is
+    also a directory name and a config section: a stored name such as
+    `x/../../PWNED` or `recipe.v2` becomes `giellm_x_______PWNED`,
+    `giellm_recipe_v2`."""
+    first_word = (instruction or "").split()[:1]
+    raw = "_".join(p for p in (task_name, first_word[0].lower() if first_word else "") if p)
+    return "giellm_" + re.sub(r"\W", "_", raw)
 
 
 def find_license_files(sources: Sequence[PathLike]) -> Dict[str, Path]:
@@ -374,13 +399,62 @@ def _check_replaceable(out: Path, force: bool) -> None:
             f"package: {str(out)!r} is not a pipeline written by `package` (no {_PACKAGE_MARK!r} in its "
             "meta.json): refusing to replace it, even with --force. Choose a new directory"
         )
-    foreign = [e for e in entries if e not in set(mark.get("files") or ())]
-    if foreign:
+    tree = mark.get("tree")
+    if not isinstance(tree, dict):
         raise FileExistsError(
-            f"package: {str(out)!r} holds files `package` did not write ({', '.join(foreign[:5])}"
-            f"{', ...' if len(foreign) > 5 else ''}): refusing to replace it, even with --force. "
-            "Move them away or choose a new directory"
+            f"package: {str(out)!r} was written by an older `package`, whose meta.json does not list every file "
+            "it wrote: refusing to replace it, even with --force, since files added or edited inside it could not "
+            "be told apart. Remove it yourself or choose a new directory"
         )
+    found = _tree(out)
+    foreign = [rel for rel in found if rel not in tree]
+    changed = [rel for rel in found if rel in tree and found[rel] != tree[rel]]
+    try:
+        meta = json.loads((out / "meta.json").read_text(encoding="utf8"))
+        meta.pop(_PACKAGE_MARK, None)
+        if _meta_sha256(meta) != mark.get("meta_sha256"):
+            changed.append("meta.json")
+    except (OSError, ValueError, AttributeError):
+        changed.append("meta.json")
+    if foreign or changed:
+        listed = [f"{rel} (not written by package)" for rel in foreign] + [f"{rel} (changed)" for rel in changed]
+        raise FileExistsError(
+            f"package: {str(out)!r} holds files `package` did not write or that were changed since "
+            f"({', '.join(listed[:5])}{', ...' if len(listed) > 5 else ''}): refusing to replace it, even with "
+            "--force. Move them away or choose a new directory"
+        )
+
+
+def _tree(root: Path) -> Dict[str, str]:
+    """Every entry below `root` but meta.json, by its path relative to it
+    (posix): a file's SHA-256, "dir" for a directory, "link" for a symbolic
+    link (never followed; `package` writes none)."""
+    from ..util import file_sha256
+
+    out: Dict[str, str] = {}
+    for here, dirs, files in os.walk(root):
+        for entry in dirs + files:
+            path = Path(here) / entry
+            rel = path.relative_to(root).as_posix()
+            if rel == "meta.json":
+                continue
+            if path.is_symlink():
+                out[rel] = "link"
+            elif path.is_dir():
+                out[rel] = "dir"
+            elif path.is_file():
+                out[rel] = file_sha256(path)
+            else:
+                out[rel] = "other"
+    return dict(sorted(out.items()))
+
+
+def _meta_sha256(meta: Dict[str, Any]) -> str:
+    """The SHA-256 of meta.json's content without the package mark."""
+    import hashlib
+
+    content = {k: v for k, v in meta.items() if k != _PACKAGE_MARK}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode("utf8")).hexdigest()
 
 
 __all__ = ["merge", "export_gguf", "verify_gguf", "package_pipeline", "find_license_files", "tasks_of", "is_adapter"]

@@ -145,6 +145,19 @@ def _check_added_token_types(src: Path, gguf_path: Path, shown_as: Path) -> None
         )
 
 
+def _check_config(path: Path) -> None:
+    """config.json must be a JSON object naming the model type: a ValueError
+    naming the file, not the converter's traceback."""
+    from ..tasks import load_json_text
+
+    try:
+        config = load_json_text(path.read_text(encoding="utf8"), str(path))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text: {err}") from err
+    if not isinstance(config, dict) or not isinstance(config.get("model_type") or config.get("architectures"), (str, list)):
+        raise ValueError(f"{path}: not a transformers model config (a JSON object with 'model_type' or 'architectures')")
+
+
 def convert_to_gguf(
     hf_dir: PathLike,
     out_path: PathLike,
@@ -170,6 +183,7 @@ def convert_to_gguf(
         raise FileNotFoundError(f"model directory not found: {str(src)!r}")
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{str(src)!r} is not a transformers model directory (no config.json)")
+    _check_config(src / "config.json")
     converter = find_converter(llama_cpp_dir)
 
     out = Path(out_path).expanduser()

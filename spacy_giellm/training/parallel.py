@@ -7,17 +7,23 @@ thread, two one-thread processes averaging gradients 1.65-1.7x.
 spacy_giellm <argv>` with RANK / WORLD_SIZE set, and they meet through a
 file (`join_process_group`), so no TCP store listens on any interface; gloo
 connects them over the loopback interface. If one fails, the others are
-stopped, since they would wait for it forever.
+stopped, since they would wait for it forever. The processes die with the
+one that started them: SIGTERM, SIGHUP or SIGINT to it stops them and
+removes the rendezvous directory, and on Linux each asks the kernel for
+SIGTERM when its parent dies, however it dies (even SIGKILL).
 """
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import Iterator, List
+from typing import Callable, Iterator, List
+
+from ..util import signals_end_the_run
 
 RENDEZVOUS_ENV = "SPACY_GIELLM_RENDEZVOUS"
 
@@ -39,7 +45,7 @@ def run_data_parallel(argv: List[str], processes: int, threads: int) -> int:
     """Run `python -m spacy_giellm <argv>` as one data-parallel run of
     `processes` processes, each with its share of `threads` cores; the
     exit code of the first process that fails, else 0."""
-    with tempfile.TemporaryDirectory(prefix="giellm-rendezvous-") as tmp:
+    with signals_end_the_run(), tempfile.TemporaryDirectory(prefix="giellm-rendezvous-") as tmp:
         base_env = dict(os.environ)
         base_env.setdefault("OMP_NUM_THREADS", str(max(1, threads // processes)))
         base_env.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -50,7 +56,9 @@ def run_data_parallel(argv: List[str], processes: int, threads: int) -> int:
             if processes > 1:  # one process: a plain run, nothing to join
                 env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
                            LOCAL_WORLD_SIZE=str(processes))
-            procs.append(subprocess.Popen([sys.executable, "-m", "spacy_giellm", *argv], env=env))
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "spacy_giellm", *argv], env=env, preexec_fn=_die_with(os.getpid())
+            ))
         try:
             while True:
                 codes = [p.poll() for p in procs]
@@ -69,6 +77,22 @@ def run_data_parallel(argv: List[str], processes: int, threads: int) -> int:
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """For Popen's preexec_fn: on Linux, the child gets SIGTERM when `parent`
+    dies (prctl PR_SET_PDEATHSIG); if it already has, the child exits."""
+
+    def preexec() -> None:
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # died before the line above
+            os._exit(1)
+
+    return preexec
 
 
 def world_size() -> int:
