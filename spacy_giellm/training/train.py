@@ -65,10 +65,12 @@ def atomic_save(
     target: Path,
     tokenizer_source: Optional[str] = None,
     tasks: Optional[Mapping[str, Task]] = None,
+    files: Optional[Mapping[str, str]] = None,
 ) -> Path:
     """Save model + tokenizer (+ the definitions of the `tasks` it does, if
-    any) to `target` via a temp dir and a rename, so a crash never leaves a
-    half-written model where a finished one is expected.
+    any, + text `files` by name, such as the training config) to `target`
+    via a temp dir and a rename, so a crash never leaves a half-written
+    model where a finished one is expected.
 
     The tokenizer files of a local `tokenizer_source` are copied verbatim
     (they may hold settings llama.cpp's converter reads that a re-save would
@@ -79,6 +81,8 @@ def atomic_save(
         tokenizer.save_pretrained(str(tmp))
         if tasks:
             write_model_tasks(tmp, tasks)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf8")
         if tokenizer_source and Path(tokenizer_source).is_dir():
             for name in TOKENIZER_FILES:
                 src = Path(tokenizer_source) / name
