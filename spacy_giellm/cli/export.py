@@ -6,19 +6,32 @@ import typer
 
 from ._util import app, echo_json, fail_cleanly
 
+BASE_HELP = (
+    "Base model to merge into (default: the one the adapter's training config.cfg names, "
+    "else the path the adapter recorded)"
+)
+
+
+def _hf_model(model_dir: Path, output_path: Path, base_model: Optional[str]):
+    from ..training.export import merged_model
+
+    return merged_model(model_dir, output_path, base_model)
+
 
 @app.command("merge")
 def merge_cli(
     model_dir: Path = typer.Argument(..., help="LoRA adapter dir (or a full model dir, copied)"),
     output_dir: Path = typer.Argument(..., help="Merged model dir (safetensors)"),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Also write what was merged to this JSON file"),
+    base_model: Optional[str] = typer.Option(None, "--base-model", "-b", help=BASE_HELP),
 ) -> None:
-    """Merge a LoRA adapter into its base model's weights."""
+    """Merge a LoRA adapter into its base model's weights. The merged model
+    keeps the adapter's training config.cfg."""
     with fail_cleanly():
         from ..training.export import merge
         from ..util import atomic_write_json
 
-        info = merge(model_dir, output_dir)
+        info = merge(model_dir, output_dir, base_model)
         if manifest is not None:
             atomic_write_json(manifest, info)
         echo_json(info)
@@ -26,25 +39,27 @@ def merge_cli(
 
 @app.command("export-gguf")
 def export_gguf_cli(
-    model_dir: Path = typer.Argument(..., help="Merged / full HF model dir"),
+    model_dir: Path = typer.Argument(..., help="Merged / full HF model dir, or a LoRA adapter dir (merged first)"),
     output_path: Path = typer.Argument(..., help="The .gguf file"),
     outtype: str = typer.Option("f16", "--type", help="f32, f16, bf16, q8_0, or a llama.cpp quant type like Q4_K_M"),
     verify_data: Optional[Path] = typer.Option(None, "--verify", help="Held-out JSONL: compare greedy outputs with the HF model"),
     verify_n: int = typer.Option(4, "--verify-n", help="Prompts per task to compare"),
     verify_tokens: int = typer.Option(48, "--verify-tokens", help="New tokens per compared prompt"),
     strict: bool = typer.Option(False, "--strict", help="Fail on any mismatch"),
+    base_model: Optional[str] = typer.Option(None, "--base-model", "-b", help="For a LoRA adapter: " + BASE_HELP),
 ) -> None:
     """Convert to GGUF with llama.cpp's converter (and quantizer), then check
     the GGUF's greedy outputs against the HF model's. The report is written
-    next to the GGUF as <name>.verify.json."""
-    with fail_cleanly():
+    next to the GGUF as <name>.verify.json. A LoRA adapter is merged into
+    its base first, in a temporary directory (the base: as `merge`)."""
+    with fail_cleanly(), _hf_model(model_dir, output_path, base_model) as hf_dir:
         from ..training.export import export_gguf, verify_gguf
         from ..util import atomic_write_json
 
-        info = export_gguf(model_dir, output_path, outtype)
+        info = export_gguf(hf_dir, output_path, outtype)
         typer.echo(f"wrote {info['gguf']} ({info['bytes']:,} bytes, {outtype}) in {info['seconds']} s")
         if verify_data is not None:
-            report = verify_gguf(output_path, model_dir, verify_data, n=verify_n, max_new_tokens=verify_tokens)
+            report = verify_gguf(output_path, hf_dir, verify_data, n=verify_n, max_new_tokens=verify_tokens)
             report["export"] = info
             atomic_write_json(output_path.with_suffix(".verify.json"), report)
             typer.echo(

@@ -10,10 +10,12 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..backends.settings import point_at_model_file
 from ..util import atomic_dir
@@ -28,10 +30,35 @@ def is_adapter(model_dir: PathLike) -> bool:
     return (Path(model_dir) / "adapter_config.json").is_file()
 
 
-def merge(model_dir: PathLike, out_dir: PathLike) -> Dict[str, Any]:
+def merge_base(adapter_dir: PathLike, base_model: Optional[str] = None) -> Tuple[str, str]:
+    """The base model to merge the LoRA adapter `adapter_dir` into, and
+    where that came from: `base_model` if given, else the base of the
+    adapter's `config.cfg` (resolved as `train` resolves it: a .gguf file or
+    a model package to its dequantized copy in the cache, made again if the
+    cache was cleared), else the path the adapter recorded."""
+    from .base_model import BaseModelNotFound, resolve_base_model
+    from .config_file import CONFIG_FILE, read_model_config
+
+    src = Path(adapter_dir)
+    recorded = json.loads((src / "adapter_config.json").read_text(encoding="utf8"))["base_model_name_or_path"]
+    if base_model:
+        return resolve_base_model(base_model), "--base-model"
+    cfg = read_model_config(src)
+    if cfg is not None and cfg.base_model:
+        try:
+            return resolve_base_model(cfg.base_model), str(src / CONFIG_FILE)
+        except BaseModelNotFound:
+            if not Path(recorded).is_dir():  # e.g. a relative path given in another directory
+                raise
+    return recorded, str(src / "adapter_config.json")
+
+
+def merge(model_dir: PathLike, out_dir: PathLike, base_model: Optional[str] = None) -> Dict[str, Any]:
     """LoRA adapter -> base weights with the adapter merged in, saved as
-    safetensors (with the tokenizer and the adapter's `giellm_tasks.json`).
-    A full model is copied as it is."""
+    safetensors (with the tokenizer, the adapter's `giellm_tasks.json` and
+    its training `config.cfg`). The base: `merge_base`. A full model is
+    copied as it is."""
+    from .config_file import CONFIG_FILE
     from .model_tasks import read_model_tasks
 
     src, out = Path(model_dir), Path(out_dir)
@@ -50,15 +77,30 @@ def merge(model_dir: PathLike, out_dir: PathLike) -> Dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tasks = read_model_tasks(src)  # before the slow part: a malformed file fails here
-    base = json.loads((src / "adapter_config.json").read_text(encoding="utf8"))["base_model_name_or_path"]
+    base, base_from = merge_base(src, base_model)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(src)).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(str(src))
-    atomic_save(model, tokenizer, out, tokenizer_source=str(src), tasks=tasks)
+    config = src / CONFIG_FILE
+    files = {CONFIG_FILE: config.read_text(encoding="utf8")} if config.is_file() else None
+    atomic_save(model, tokenizer, out, tokenizer_source=str(src), tasks=tasks, files=files)
     return {
-        "merged": True, "model": str(out), "base": base, "adapter": str(src), "tasks": sorted(tasks),
-        "seconds": round(time.time() - t0, 1),
+        "merged": True, "model": str(out), "base": base, "base_from": base_from, "adapter": str(src),
+        "tasks": sorted(tasks), "seconds": round(time.time() - t0, 1),
     }
+
+
+@contextmanager
+def merged_model(model_dir: PathLike, near: PathLike, base_model: Optional[str] = None) -> Iterator[Path]:
+    """`model_dir` itself, or, for a LoRA adapter, the adapter merged into
+    its base (`merge_base`) in a temporary directory beside `near`."""
+    if not is_adapter(model_dir):
+        yield Path(model_dir)
+        return
+    Path(near).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".giellm-merged-", dir=Path(near).parent) as tmp:
+        merge(model_dir, Path(tmp) / "merged", base_model)
+        yield Path(tmp) / "merged"
 
 
 def export_gguf(

@@ -13,13 +13,14 @@
 * The final model goes to `<out>/model` atomically (temp dir + rename), in
   safetensors: the LoRA adapter, or the whole model for full fine-tuning,
   with `giellm_tasks.json`: the definitions of the tasks it was trained on
-  (`model_tasks`). `<out>/manifest.json` (small) says what was trained on
-  what.
+  (`model_tasks`), and `config.cfg`: the config it was trained with
+  (`config_file`; also `<out>/config.cfg`). `<out>/manifest.json` (small)
+  says what was trained on what.
 
 Progress goes to the `spacy_giellm` logger.
 
 Multi-GPU: the same code under accelerate, e.g.
-    accelerate launch --num_processes 4 -m spacy_giellm train train.jsonl dev.jsonl training/ --base-model ...
+    accelerate launch --num_processes 4 -m spacy_giellm train configs/paper-gpu.cfg --paths.train train.jsonl ...
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..tasks import Task
-from ..util import atomic_dir, atomic_write_json
+from ..util import atomic_dir, atomic_write_json, atomic_write_text
 from .base_model import BaseModelNotFound, resolve_base_model
 from .callbacks import clock_named, run_clock, time_budget_trainer, time_limit_callback
 from .config import PRECISIONS, TinyModelConfig, TrainConfig
+from .config_file import CONFIG_FILE, config_text
 from .data import PadCollator, TrainingDataError, read_records, tokenize_records
 from .loss import output_token_trainer
 from .model_tasks import write_model_tasks
@@ -65,10 +67,12 @@ def atomic_save(
     target: Path,
     tokenizer_source: Optional[str] = None,
     tasks: Optional[Mapping[str, Task]] = None,
+    files: Optional[Mapping[str, str]] = None,
 ) -> Path:
     """Save model + tokenizer (+ the definitions of the `tasks` it does, if
-    any) to `target` via a temp dir and a rename, so a crash never leaves a
-    half-written model where a finished one is expected.
+    any, + text `files` by name, such as the training config) to `target`
+    via a temp dir and a rename, so a crash never leaves a half-written
+    model where a finished one is expected.
 
     The tokenizer files of a local `tokenizer_source` are copied verbatim
     (they may hold settings llama.cpp's converter reads that a re-save would
@@ -79,6 +83,8 @@ def atomic_save(
         tokenizer.save_pretrained(str(tmp))
         if tasks:
             write_model_tasks(tmp, tasks)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf8")
         if tokenizer_source and Path(tokenizer_source).is_dir():
             for name in TOKENIZER_FILES:
                 src = Path(tokenizer_source) / name
@@ -328,6 +334,9 @@ def train(
             base = str(build_scratch_base(out, train_records, cfg, tasks))
     tokenizer = _load_tokenizer(base)
     train_data, dev_data = _tokenize(train_records, dev_records, tokenizer, cfg, train_path, dev_path)
+    if dev_data is None and cfg.patience > 0 and cfg.max_steps <= 0 and cfg.max_time <= 0:
+        logger.warning("no dev data, so no early stopping: training runs all %g epochs (give dev data, "
+                       "or set training.epochs / max_steps)", cfg.epochs)
 
     mode = "full" if (cfg.full or cfg.from_scratch) else "lora"
     bf16 = bool(cuda and torch.cuda.is_bf16_supported())
@@ -354,7 +363,12 @@ def train(
     # 4. The model and its manifest (one process writes them).
     if not trainer.is_world_process_zero():
         return {}
-    final = atomic_save(trainer.model, tokenizer, out / MODEL_DIR, tokenizer_source=base, tasks=tasks)
+    # the config run, beside the model and in it (merge and export-gguf read its base model)
+    config = config_text(cfg, {"train": train_path, "dev": dev_path, "output": output_dir})
+    final = atomic_save(
+        trainer.model, tokenizer, out / MODEL_DIR, tokenizer_source=base, tasks=tasks, files={CONFIG_FILE: config}
+    )
+    atomic_write_text(out / CONFIG_FILE, config)
     cfg_dict = asdict(cfg)
     cfg_dict["tasks"] = list(cfg.tasks)
     cfg_dict["task_files"] = list(cfg.task_files)
@@ -390,6 +404,7 @@ def train(
         "bf16_base_weights": bf16 or bf16_base,
         "gradient_checkpointing": _checkpointing(cfg, cuda),
         "config": cfg_dict,
+        "config_file": str(out / CONFIG_FILE),
         "versions": _versions(),
     }
     atomic_write_json(out / MANIFEST, manifest)
