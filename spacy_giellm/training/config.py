@@ -1,9 +1,10 @@
 """What `train` is asked to do: `TrainConfig`, and `TinyModelConfig` for a
 model built from scratch.
 
-The defaults are the recipe the README measured on a CPU (LoRA r 16, alpha
-32 on all linear layers, lr 5e-4 on a cosine with 5% warmup, batch 8,
-sequences up to 256 tokens), trained for epochs with early stopping on the
+The defaults are the recipe measured on a CPU
+(benchmarks/quality-public-corpora.md: LoRA r 16, alpha 32 on all linear
+layers, lr 5e-4 on a cosine with 5% warmup, batch 8, sequences up to 256
+tokens), trained for epochs with early stopping on the
 dev loss; `configs/lora-cpu.cfg` writes them out (`config_file`)."""
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -46,7 +47,8 @@ class TrainConfig:
     precision: str = "auto"
     # Activation (gradient) checkpointing: keep only each layer's input and
     # recompute the rest in the backward pass: about half the memory for
-    # 1.4-1.6x the time on a CPU (README). None: on a GPU only.
+    # 1.4-1.6x the time on a CPU (benchmarks/training-speed.md). None: on a
+    # GPU only.
     gradient_checkpointing: Optional[bool] = None
     # an upper bound: early stopping on the dev loss (patience) ends a run
     # on small data before it

@@ -1,8 +1,9 @@
 """Data-parallel training on one machine without torchrun.
 
 On a CPU, torch's threads scale poorly at the sizes a LoRA step has: on the
-2-core machine in the README, two threads in one process gave 1.45x one
-thread, two one-thread processes averaging gradients 1.65-1.7x.
+2-core machine of benchmarks/training-speed.md, two threads in one process
+gave 1.45x one thread, two one-thread processes averaging gradients
+1.65-1.7x.
 `run_data_parallel` starts the processes itself: each is `python -m
 spacy_giellm <argv>` with RANK / WORLD_SIZE set, and they meet through a
 file (`join_process_group`), so no TCP store listens on any interface; gloo
