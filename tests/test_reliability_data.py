@@ -3,7 +3,6 @@
 task names in data, output file modes, alignment."""
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
