@@ -67,6 +67,10 @@ class Task:
     separator: str = ""
     null_marker: Optional[str] = None
     fullwidth_delimiters: bool = False
+    # The schema form: the input also lists the chosen word level's labels,
+    # `[label]` each, so that one model can be asked for any label set
+    # (`format.build_input`). The paper's format lists only the text labels.
+    label_schema: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text_labels", tuple(self.text_labels))
@@ -79,6 +83,14 @@ class Task:
         for label in self.text_labels:
             if not label or "<" in label or ">" in label:
                 raise ValueError(f"task {self.name!r}: text label {label!r} is empty or has < or >")
+        if self.label_schema:
+            for wl in self.word_levels:
+                for label in wl.labels:
+                    if not label or "[" in label or "]" in label:
+                        raise ValueError(
+                            f"task {self.name!r}: word label {label!r} is empty or has [ or ], which the "
+                            "label schema in the input cannot list"
+                        )
 
     @property
     def instructions(self) -> Tuple[str, ...]:
@@ -142,12 +154,15 @@ class Task:
             out["separator"] = self.separator
         if self.fullwidth_delimiters:
             out["fullwidth_delimiters"] = True
+        # Written only when set, so a task without it reads and writes as before.
+        if self.label_schema:
+            out["label_schema"] = True
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "task") -> "Task":
         known = {"name", "text_labels", "word_levels", "instruction", "separator",
-                 "null_marker", "fullwidth_delimiters"}
+                 "null_marker", "fullwidth_delimiters", "label_schema"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{source}: unknown task field(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -173,6 +188,7 @@ class Task:
                 separator=data.get("separator", ""),
                 null_marker=data.get("null_marker"),
                 fullwidth_delimiters=bool(data.get("fullwidth_delimiters", False)),
+                label_schema=bool(data.get("label_schema", False)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source}: invalid task definition: {err}") from err
@@ -290,6 +306,7 @@ def make_task(
     separator: str = "",
     null_marker: Optional[str] = None,
     fullwidth_delimiters: bool = False,
+    label_schema: bool = False,
 ) -> Task:
     """A task defined in a spaCy config block:
 
@@ -307,6 +324,7 @@ def make_task(
         "separator": separator,
         "null_marker": null_marker,
         "fullwidth_delimiters": fullwidth_delimiters,
+        "label_schema": label_schema,
     }
     return Task.from_dict(data, source="[giellm.task.v1]")
 
