@@ -3,6 +3,11 @@
     input  = text <label1><label2>... InstructionWord
     output = <label> InstructionWord word-level-part
 
+A task with `label_schema` (the schema form, not the paper's) also lists
+the labels of the word level the Instruction Word chooses, before it:
+
+    input  = text <label1><label2>... [wordlabel1][wordlabel2]... InstructionWord
+
 with the parts joined by the task's separator (default: nothing), and the
 word-level part made of pieces:
 
@@ -56,11 +61,21 @@ def pair_marker(label: str) -> str:
     return f":{label};"
 
 
+def schema_markers(wl: WordLevel, separator: str = "") -> str:
+    """A word level's labels as the schema form lists them: `[a][b]...`."""
+    return separator.join(f"[{label}]" for label in wl.labels)
+
+
 def build_input(text: str, task: Task, instruction: Optional[str] = None) -> str:
-    """The model input for `text` (paper eq. 1-2)."""
+    """The model input for `text` (paper eq. 1-2; with `task.label_schema`,
+    the word labels listed before the Instruction Word)."""
     pieces = [text]
     if task.text_labels:
         pieces.append(candidate_markers(task))
+    if task.label_schema:
+        wl = task.word_level(instruction)
+        if wl is not None and wl.labels:
+            pieces.append(schema_markers(wl, task.separator))
     iw = task.instruction_for(instruction)
     if iw:
         pieces.append(iw)

@@ -70,6 +70,10 @@ class Task:
     separator: str = ""
     null_marker: Optional[str] = None
     fullwidth_delimiters: bool = False
+    # The schema form: the input also lists the chosen word level's labels,
+    # `[label]` each, so that one model can be asked for any label set
+    # (`format.build_input`). The paper's format lists only the text labels.
+    label_schema: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text_labels", tuple(self.text_labels))
@@ -82,6 +86,14 @@ class Task:
         for label in self.text_labels:
             if not isinstance(label, str) or not label or "<" in label or ">" in label:
                 raise ValueError(f"task {self.name!r}: text label {label!r} is empty or has < or >")
+        if self.label_schema:
+            for wl in self.word_levels:
+                for label in wl.labels:
+                    if not label or "[" in label or "]" in label:
+                        raise ValueError(
+                            f"task {self.name!r}: word label {label!r} is empty or has [ or ], which the "
+                            "label schema in the input cannot list"
+                        )
 
     @property
     def instructions(self) -> Tuple[str, ...]:
@@ -145,6 +157,9 @@ class Task:
             out["separator"] = self.separator
         if self.fullwidth_delimiters:
             out["fullwidth_delimiters"] = True
+        # Written only when set, so a task without it reads and writes as before.
+        if self.label_schema:
+            out["label_schema"] = True
         return out
 
     @classmethod
@@ -248,6 +263,7 @@ _TASK_FIELDS: Dict[str, Tuple[Callable[[Any], Any], Any]] = {
     "separator": (_check_text, ""),
     "null_marker": (_check_optional_text, None),
     "fullwidth_delimiters": (_check_bool, False),
+    "label_schema": (_check_bool, False),
 }
 _WORD_LEVEL_FIELDS: Dict[str, Tuple[Callable[[Any], Any], Any]] = {
     "kind": (_check_kind, _REQUIRED),
@@ -425,6 +441,7 @@ def make_task(
     separator: str = "",
     null_marker: Optional[str] = None,
     fullwidth_delimiters: bool = False,
+    label_schema: bool = False,
 ) -> Task:
     """A task defined in a spaCy config block:
 
@@ -442,6 +459,7 @@ def make_task(
         "separator": separator,
         "null_marker": null_marker,
         "fullwidth_delimiters": fullwidth_delimiters,
+        "label_schema": label_schema,
     }
     return Task.from_dict(data, source="[giellm.task.v1]")
 

@@ -69,3 +69,61 @@ def test_demo_workflow_runs_end_to_end(tmp_path, tiny_gemma_gguf):
     # annotate printed the example sentences with their annotations
     assert "松友美佐紀は、日本のバドミントン選手。" in proc.stdout
     assert "cats:" in proc.stdout
+
+
+def test_giellm_ja_workflow_builds_a_starting_model_and_its_pipeline(tmp_path, tiny_gemma_gguf):
+    """The `giellm-ja` workflow on the shipped samples (the tiny Gemma 3 GGUF
+    standing in for Gemma 3 270M): schema-form data with augmented label
+    sets, a trimmed base, LoRA, merge, GGUF, evaluation, a pipeline with a
+    NER and a sentiment component that `spacy.load` loads; and the merged
+    starting model is a base `train` takes."""
+    shutil.copy(ROOT / "project.yml", tmp_path / "project.yml")
+    shutil.copytree(ROOT / "assets", tmp_path / "assets")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    env = dict(os.environ, SPACY_GIELLM_MAX_STEPS="3", SPACY_GIELLM_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "spacy", "project", "run", "giellm-ja", str(tmp_path),
+         "--vars.demo_base_model", str(tiny_gemma_gguf), "--vars.giellm_ja_gguf_type", "f32",
+         "--vars.giellm_ja_ner", "stockmark-ner-sample.json", "--vars.giellm_ja_pn", "sentiment-sample.tsv",
+         "--vars.giellm_ja_n_sentiment", "60", "--vars.giellm_ja_dev", "10", "--vars.giellm_ja_test", "12",
+         "--vars.giellm_ja_processes", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    corpus = tmp_path / "corpus" / "giellm-ja"
+    with (corpus / "train-aug.jsonl").open(encoding="utf8") as f:
+        records = [json.loads(line) for line in f]
+    with (corpus / "train.jsonl").open(encoding="utf8") as f:
+        n_train = sum(1 for _ in f)
+    assert len(records) == 2 * n_train  # each sentence and one variant
+    ner = [r for r in records if r["task"] == "giellm-ja-ner"]
+    assert ner and all(r["input"].endswith("]Named Entity Recognition") for r in ner)
+    assert any(r.get("augmented", {}).get("labels") and len(r["augmented"]["labels"]) < 8 for r in ner)
+    manifest = json.loads((tmp_path / "training" / "giellm-ja" / "manifest.json").read_text())
+    assert manifest["steps"] == 3 and manifest["base_model"] == str(tmp_path / "training" / "giellm-ja-base")
+    stored = {t["name"]: t for t in manifest["tasks"]}
+    assert stored["giellm-ja-ner"]["label_schema"] is True and "sentiment-ja" in stored
+    metrics = json.loads((tmp_path / "metrics" / "giellm-ja" / "metrics.json").read_text())
+    assert metrics["sequences"] == 24
+    import spacy
+
+    nlp = spacy.load(tmp_path / "packages" / "giellm-ja")
+    giellm_pipes = {name: pipe for name, pipe in nlp.pipeline if hasattr(pipe, "task")}
+    assert {pipe.task.name for pipe in giellm_pipes.values()} == {"giellm-ja-ner", "sentiment-ja"}
+    ner_pipe = next(p for p in giellm_pipes.values() if p.task.name == "giellm-ja-ner")
+    assert ner_pipe.task.label_schema and "施設名" in ner_pipe.task.word_levels[0].labels
+    doc = nlp("トヨタは愛知県の会社です。")
+    assert set(doc.cats) == {"positive", "neutral", "negative"}
+    # a user's task starts from the merged starting model
+    user = tmp_path / "user.jsonl"
+    user.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ner[:8]), encoding="utf8")
+    shutil.copy(corpus / "train-aug.tasks.json", tmp_path / "user.tasks.json")
+    proc = subprocess.run(
+        [sys.executable, "-m", "spacy_giellm", "train", str(user), "--output", str(tmp_path / "user-run"),
+         "--base-model", str(tmp_path / "training" / "giellm-ja-merged"), "--max-steps", "2", "--batch-size", "4",
+         "--lora-r", "4"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    user_manifest = json.loads((tmp_path / "user-run" / "manifest.json").read_text())
+    assert user_manifest["base_model"] == str(tmp_path / "training" / "giellm-ja-merged")

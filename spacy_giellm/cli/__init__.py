@@ -7,7 +7,7 @@ all, in the order `--help` lists them.
 from ._util import app, fail_cleanly
 
 # Imported for their registrations on `app`, in `--help` order.
-from . import convert, evaluate, train, trim_vocab, evaluate_model, export, package, annotate, mix, bench  # noqa: E402,F401  isort: skip
+from . import convert, evaluate, train, trim_vocab, evaluate_model, export, package, annotate, mix, augment, bench  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:

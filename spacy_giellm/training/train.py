@@ -179,6 +179,27 @@ def _task_definitions(
     return tasks, {name: resolver.origins[name] for name in tasks}
 
 
+def _warn_if_the_base_reads_a_schema(base: str, tasks: Mapping[str, Task]) -> None:
+    """A base trained in the schema form (GIELLM-ja) was taught to read the
+    labels listed in its input; a task with word labels but without
+    `label_schema` would train it on prompts that list none."""
+    from ..backends.stored_tasks import read_model_tasks
+
+    try:
+        stored = read_model_tasks(base) if Path(base).is_dir() else {}
+    except ValueError:
+        return  # its own problem, said where the model's tasks are read
+    if not any(t.label_schema for t in stored.values()):
+        return
+    plain = sorted(n for n, t in tasks.items() if not t.label_schema and any(wl.labels for wl in t.word_levels))
+    if plain:
+        logger.warning(
+            "the base model %s was trained with the word labels listed in its input (label_schema); task(s) %s "
+            "are not: set \"label_schema\": true in their task files (and convert again) to start from what it learnt",
+            base, plain,
+        )
+
+
 def _read_data(train_path: PathLike, dev_path: Optional[PathLike], cfg: TrainConfig) -> Tuple[List[Any], List[Any]]:
     train_records = read_records(train_path, cfg.tasks or None)
     dev_records = read_records(dev_path, None) if dev_path else []
@@ -320,6 +341,7 @@ def train(
         # a GGUF base is dequantized into the cache once, by the first process
         with first_process_first(cpu=not cuda):
             base = resolve_base_model(cfg.base_model)
+        _warn_if_the_base_reads_a_schema(base, tasks)
 
     # 2. The base model and the data.
     from transformers import set_seed
