@@ -35,6 +35,15 @@ def train_cli(
         None, "--gradient-checkpointing/--no-gradient-checkpointing",
         help="Recompute activations in the backward pass: less memory, more compute (default: on a GPU only)",
     ),
+    packing: bool = typer.Option(
+        True, "--packing/--no-packing",
+        help="Pack each batch's sequences end to end (attention kept inside each sequence) instead of padding them: no compute on padding; a step still holds --batch-size sequences",
+    ),
+    pack_row_tokens: int = typer.Option(0, "--pack-row-tokens", help="Packing: at most this many tokens per row (0: a batch in one row)"),
+    profile: bool = typer.Option(
+        False, "--profile",
+        help="Report the training steps' time split (data, forward, backward, optimizer), real tokens/s, padding share, GFLOPS against the machine's fp32 / bf16 GEMM rates and peak RSS (manifest 'profile')",
+    ),
     processes: int = typer.Option(
         1, "--processes", min=1,
         help="Train data-parallel in this many processes on this machine, each with its share of the cores "
@@ -83,7 +92,8 @@ def train_cli(
             task_files=tuple(task_files or ()),
             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
             lora_target_modules=tuple(_csv(lora_targets)), output_token_loss=not full_logits, precision=precision,
-            gradient_checkpointing=gradient_checkpointing, epochs=epochs, max_steps=max_steps,
+            gradient_checkpointing=gradient_checkpointing, packing=packing, pack_row_tokens=pack_row_tokens,
+            profile=profile, epochs=epochs, max_steps=max_steps,
             max_time=max_time, time_clock=time_clock, learning_rate=lr, warmup=warmup, batch_size=batch_size,
             grad_accum=grad_accum, max_length=max_length, eval_steps=eval_steps, patience=patience,
             seed=seed,

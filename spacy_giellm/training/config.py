@@ -38,6 +38,16 @@ class TrainConfig:
     # CPU LoRA: "auto" holds the frozen base in bf16 where the CPU has
     # native bf16 matmuls, "bf16" always, "fp32" never. (GPU: bf16 if supported.)
     precision: str = "auto"
+    # Pack each batch's sequences end to end (`data.PackCollator`: attention
+    # kept inside each sequence, positions restarting) instead of padding
+    # them to the longest: no compute on padding. A step still holds
+    # `batch_size` sequences. Needs the output-token loss (padding otherwise).
+    packing: bool = True
+    # Tokens per packed row (0: a batch's sequences in one row).
+    pack_row_tokens: int = 0
+    # Record the time split, tokens/s, GFLOPS and peak RSS of the training
+    # steps (`training.profile`) into the manifest's "profile".
+    profile: bool = False
     # Activation (gradient) checkpointing: keep only each layer's input and
     # recompute the rest in the backward pass: about half the memory for
     # 1.4-1.6x the time on a CPU (README). None: on a GPU only.
