@@ -342,3 +342,54 @@ def test_packed_training_runs_as_the_padded_one(tmp_path, sample_splits, tiny_ge
     assert profile["steps"] == 1 and profile["sequences_per_step"] == 4 and profile["padding_share"] == 0
     assert profile["real_tokens_per_s"] > 0 and profile["peak_rss_mb"] > 0
     assert set(profile["time_split"]) == {"data", "forward", "backward", "optimizer", "other"}
+
+
+def test_cpu_autocast_follows_the_bf16_base_unless_asked():
+    from spacy_giellm.training.train import _cpu_autocast
+
+    assert _cpu_autocast(TrainConfig(), cuda=False, bf16_base=True)
+    assert not _cpu_autocast(TrainConfig(), cuda=False, bf16_base=False)
+    assert not _cpu_autocast(TrainConfig(autocast=False), cuda=False, bf16_base=True)
+    assert _cpu_autocast(TrainConfig(autocast=True), cuda=False, bf16_base=False)
+    assert not _cpu_autocast(TrainConfig(autocast=True), cuda=True, bf16_base=True)
+
+
+def test_lora_under_cpu_autocast_keeps_float32_adapters(tmp_path, sample_splits, tiny_gemma_dir):
+    """bf16 base + bf16 autocast: the run trains, its losses are those of
+    the run without autocast up to bf16 rounding, and the adapter it saves
+    is float32."""
+    from safetensors.torch import load_file
+
+    root, _ = sample_splits
+    runs = {}
+    for autocast in (False, True):
+        cfg = TrainConfig(
+            base_model=str(tiny_gemma_dir), max_steps=2, eval_steps=2, batch_size=4, max_length=256,
+            lora_r=2, lora_alpha=4, lora_dropout=0.0, patience=0, precision="bf16", autocast=autocast,
+        )
+        runs[autocast] = train(root / "train.jsonl", root / "dev.jsonl", tmp_path / f"ac{autocast}", cfg)
+    assert runs[True]["cpu_autocast_bf16"] and not runs[False]["cpu_autocast_bf16"]
+    assert runs[True]["dev_loss"] == pytest.approx(runs[False]["dev_loss"], rel=0.02)
+    weights = load_file(str(tmp_path / "acTrue" / "model" / "adapter_model.safetensors"))
+    assert weights and all(str(w.dtype) == "torch.float32" for w in weights.values())
+
+
+def test_train_command_restarts_with_passive_openmp(monkeypatch):
+    import os
+    import runpy
+    import sys
+
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda exe, argv: calls.append(argv))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(sys, "argv", ["x", "train", "a.jsonl"])
+    main = runpy.run_path(str(Path(__file__).parent.parent / "spacy_giellm" / "__main__.py"), run_name="not_main")
+    main["_passive_openmp_for_training"]()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and calls[0][-3:] == ["spacy_giellm", "train", "a.jsonl"]
+    calls.clear()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stays
+    main["_passive_openmp_for_training"]()
+    monkeypatch.setattr(sys, "argv", ["x", "bench"])
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    main["_passive_openmp_for_training"]()  # other commands: untouched
+    assert calls == [] and "OMP_WAIT_POLICY" not in os.environ

@@ -44,6 +44,11 @@ def train_cli(
         False, "--profile",
         help="Report the training steps' time split (data, forward, backward, optimizer), real tokens/s, padding share, GFLOPS against the machine's fp32 / bf16 GEMM rates and peak RSS (manifest 'profile')",
     ),
+    autocast: Optional[bool] = typer.Option(
+        None, "--autocast/--no-autocast",
+        help="CPU LoRA: the adapters' matmuls in bf16 under torch autocast, float32 master weights (default: when the base is held in bf16)",
+    ),
+    threads: int = typer.Option(0, "--threads", help="torch threads (0: one per core); on a machine other jobs load, fewer can be faster"),
     processes: int = typer.Option(
         1, "--processes", min=1,
         help="Train data-parallel in this many processes on this machine, each with its share of the cores "
@@ -93,7 +98,7 @@ def train_cli(
             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
             lora_target_modules=tuple(_csv(lora_targets)), output_token_loss=not full_logits, precision=precision,
             gradient_checkpointing=gradient_checkpointing, packing=packing, pack_row_tokens=pack_row_tokens,
-            profile=profile, epochs=epochs, max_steps=max_steps,
+            profile=profile, autocast=autocast, threads=threads, epochs=epochs, max_steps=max_steps,
             max_time=max_time, time_clock=time_clock, learning_rate=lr, warmup=warmup, batch_size=batch_size,
             grad_accum=grad_accum, max_length=max_length, eval_steps=eval_steps, patience=patience,
             seed=seed,

@@ -48,6 +48,13 @@ class TrainConfig:
     # Record the time split, tokens/s, GFLOPS and peak RSS of the training
     # steps (`training.profile`) into the manifest's "profile".
     profile: bool = False
+    # CPU LoRA on a bf16 base: run the adapters' matmuls (and the rest of the
+    # forward that autocast covers) in bf16 under torch's CPU autocast; the
+    # adapters' weights, gradients and optimizer state stay float32. None:
+    # whenever the base is held in bf16 (`precision`).
+    autocast: Optional[bool] = None
+    # torch threads (0: torch's default, one per core).
+    threads: int = 0
     # Activation (gradient) checkpointing: keep only each layer's input and
     # recompute the rest in the backward pass: about half the memory for
     # 1.4-1.6x the time on a CPU (README). None: on a GPU only.

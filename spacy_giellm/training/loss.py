@@ -73,7 +73,8 @@ def output_token_loss(model: Any, inputs: Dict[str, Any], num_items_in_batch: Op
     # Position t predicts token t + 1.
     targets = inputs["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][keep]).float()
+    # (under CPU autocast the body may hand back float32 next to a bf16 head)
+    logits = head(hidden[:, :-1][keep].to(head.weight.dtype)).float()
     softcap = getattr(lm.config, "final_logit_softcapping", None)
     if softcap:
         logits = tanh(logits / softcap) * softcap

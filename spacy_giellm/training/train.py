@@ -121,6 +121,14 @@ def _bf16_base(precision: str, cuda: bool, mode: str) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def _cpu_autocast(cfg: TrainConfig, cuda: bool, bf16_base: bool) -> bool:
+    """Whether a CPU run trains under bf16 autocast: asked for, or (None) a
+    LoRA run on a bf16 base."""
+    if cuda:
+        return False
+    return bf16_base if cfg.autocast is None else bool(cfg.autocast)
+
+
 def _load_model(base: str, cfg: TrainConfig, mode: str, dtype: Any) -> Any:
     """The base model in `dtype`, with LoRA adapters for a LoRA run."""
     from transformers import AutoModelForCausalLM
@@ -370,9 +378,14 @@ def train(
     bf16_base = _bf16_base(cfg.precision, cuda, mode)
     model = _load_model(base, cfg, mode, torch.bfloat16 if (bf16 or bf16_base) else torch.float32)
     n_params, n_trainable = _count_params(model)
+    # The adapters' matmuls in bf16 too (float32 master weights): accelerate
+    # runs the forward under CPU autocast (`train_speed.py` measures it).
+    autocast = _cpu_autocast(cfg, cuda, bf16_base)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
 
     # 3. Training.
-    args = _training_args(cfg, ckpt_dir, dev_data is not None, cuda, bf16)
+    args = _training_args(cfg, ckpt_dir, dev_data is not None, cuda, bf16 or autocast)
     trainer = _make_trainer(model, tokenizer, args, cfg, train_data, dev_data)
     if last:
         logger.info("resuming from %s", last)
@@ -421,6 +434,8 @@ def train(
         "world_size": args.world_size,
         "bf16": bf16,
         "bf16_base_weights": bf16 or bf16_base,
+        "cpu_autocast_bf16": autocast,
+        "threads": torch.get_num_threads(),
         "gradient_checkpointing": _checkpointing(cfg, cuda),
         "packing": _packing(cfg),
         "config": cfg_dict,
