@@ -59,6 +59,9 @@ class TrainConfig:
     # recompute the rest in the backward pass: about half the memory for
     # 1.4-1.6x the time on a CPU (README). None: on a GPU only.
     gradient_checkpointing: Optional[bool] = None
+    # A recipe's unit is steps (max_steps, or epochs): a step is batch_size
+    # sequences, packed or padded alike, so a step count means the same
+    # training whatever the machine or its speed; max_time is a cap on top.
     epochs: float = 3.0
     max_steps: int = -1
     # Seconds of training in this run (0: no limit); with a budget the
