@@ -248,3 +248,148 @@ def test_gradient_checkpointing_on_cpu_recomputes_and_gives_the_same_training(tm
     assert not plain["gradient_checkpointing"] and ckpt["gradient_checkpointing"]
     assert plain_calls > 0 and ckpt_calls == 2 * plain_calls
     assert ckpt["train_loss"] == pytest.approx(plain["train_loss"], abs=1e-5)
+
+
+def test_pack_rows_first_fit_longest_first():
+    from spacy_giellm.training.data import pack_rows
+
+    assert pack_rows([3, 5, 2], 0) == [[0, 1, 2]]
+    assert pack_rows([3, 5, 2, 4], 8) == [[1, 0], [3, 2]]
+    assert pack_rows([9, 2], 8) == [[0], [1]]  # too long for a row: a row alone
+    assert pack_rows([], 8) == [] and pack_rows([], 0) == []
+
+
+PACK_PAIRS = [
+    # longer than the tiny Gemma 3's sliding window (32 tokens): a window
+    # that reached into the previous packed sequence would change the loss
+    ("松友美佐紀は、日本のバドミントン選手。" * 3 + "Named Entity Recognition", "Named Entity Recognition:人名;松友美佐紀:地名;日本"),
+    ("部屋がとても清潔で快適に過ごせました。Sentiment Classification", "<positive>Sentiment Classification"),
+    ("東京は日本の首都。Named Entity Recognition", "Named Entity Recognition:地名;東京:地名;日本"),
+    ("トヨタは日産と電池の共同開発で提携した。" * 2 + "Relation Extraction", "Relation Extraction:トヨタ,提携,日産"),
+]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("row_tokens", [0, 60])
+def test_packed_rows_give_the_padded_batchs_loss_and_gradients(arch, row_tokens, tiny_model_dir, tiny_gemma_dir):
+    """The same sequences packed (attention inside each sequence, positions
+    restarting; one row, or rows of at most 60 tokens with padding) and
+    right-padded: the same output-token loss and LoRA gradients."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spacy_giellm.training.data import PackCollator
+    from spacy_giellm.training.loss import output_token_loss
+
+    model_dir = tiny_model_dir if arch == "llama" else tiny_gemma_dir
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    if arch == "gemma3":
+        assert "sliding_attention" in model.config.layer_types and model.config.sliding_window == 32
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():  # a fresh LoRA B is zero: make the adapters matter
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    examples = [encode_pair(tok, i, o) for i, o in PACK_PAIRS]
+    assert max(len(e["input_ids"]) for e in examples) > 40
+    padded = PadCollator(tok.pad_token_id)(examples)
+    packed = PackCollator(tok.pad_token_id, row_tokens)(examples)
+    assert "attention_mask" not in packed
+    n_labelled = int((padded["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert int((packed["labels"][:, 1:] != IGNORE_INDEX).sum()) == n_labelled
+    if row_tokens:
+        longest = max(len(e["input_ids"]) for e in examples)
+        assert packed["input_ids"].shape[0] > 1 and packed["input_ids"].shape[1] <= max(row_tokens, longest)
+        assert (packed["input_ids"] == tok.pad_token_id).any()  # a narrower row is padded
+    else:
+        assert packed["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in examples))
+    model.train(False)
+    results = []
+    for batch in (padded, packed):
+        model.zero_grad()
+        loss = output_token_loss(model, batch, torch.tensor(n_labelled))
+        loss.backward()
+        results.append((loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+    (ref_loss, ref_grads), (loss, grads) = results
+    assert abs(ref_loss - loss) < 1e-5
+    assert ref_grads and set(grads) == set(ref_grads)
+    for k in ref_grads:
+        assert torch.allclose(ref_grads[k], grads[k], atol=1e-5, rtol=1e-4), k
+    # Without position_ids, the packed row would be one long sequence.
+    unpacked = {k: v for k, v in packed.items() if k != "position_ids"}
+    assert abs(float(output_token_loss(model, unpacked, torch.tensor(n_labelled))) - ref_loss) > 1e-3
+
+
+def test_packed_training_runs_as_the_padded_one(tmp_path, sample_splits, tiny_gemma_dir):
+    """`train` with packing (the default) and without: the same steps, the
+    same sequences per step, the same losses up to float rounding."""
+    root, _ = sample_splits
+    runs = {}
+    for packing in (False, True):
+        cfg = TrainConfig(
+            base_model=str(tiny_gemma_dir), max_steps=2, eval_steps=2, batch_size=4, max_length=256,
+            lora_r=2, lora_alpha=4, lora_dropout=0.0, patience=0, packing=packing, precision="fp32",
+            profile=packing,
+        )
+        runs[packing] = train(root / "train.jsonl", root / "dev.jsonl", tmp_path / f"pack{packing}", cfg)
+    padded, packed = runs[False], runs[True]
+    assert packed["packing"] and not padded["packing"] and packed["steps"] == padded["steps"] == 2
+    assert packed["train_loss"] == pytest.approx(padded["train_loss"], abs=1e-4)
+    assert packed["dev_loss"] == pytest.approx(padded["dev_loss"], abs=1e-4)
+    profile = packed["profile"]
+    assert profile["steps"] == 1 and profile["sequences_per_step"] == 4 and profile["padding_share"] == 0
+    assert profile["real_tokens_per_s"] > 0 and profile["peak_rss_mb"] > 0
+    assert set(profile["time_split"]) == {"data", "forward", "backward", "optimizer", "other"}
+
+
+def test_cpu_autocast_follows_the_bf16_base_unless_asked():
+    from spacy_giellm.training.train import _cpu_autocast
+
+    assert _cpu_autocast(TrainConfig(), cuda=False, bf16_base=True)
+    assert not _cpu_autocast(TrainConfig(), cuda=False, bf16_base=False)
+    assert not _cpu_autocast(TrainConfig(autocast=False), cuda=False, bf16_base=True)
+    assert _cpu_autocast(TrainConfig(autocast=True), cuda=False, bf16_base=False)
+    assert not _cpu_autocast(TrainConfig(autocast=True), cuda=True, bf16_base=True)
+
+
+def test_lora_under_cpu_autocast_keeps_float32_adapters(tmp_path, sample_splits, tiny_gemma_dir):
+    """bf16 base + bf16 autocast: the run trains, its losses are those of
+    the run without autocast up to bf16 rounding, and the adapter it saves
+    is float32."""
+    from safetensors.torch import load_file
+
+    root, _ = sample_splits
+    runs = {}
+    for autocast in (False, True):
+        cfg = TrainConfig(
+            base_model=str(tiny_gemma_dir), max_steps=2, eval_steps=2, batch_size=4, max_length=256,
+            lora_r=2, lora_alpha=4, lora_dropout=0.0, patience=0, precision="bf16", autocast=autocast,
+        )
+        runs[autocast] = train(root / "train.jsonl", root / "dev.jsonl", tmp_path / f"ac{autocast}", cfg)
+    assert runs[True]["cpu_autocast_bf16"] and not runs[False]["cpu_autocast_bf16"]
+    assert runs[True]["dev_loss"] == pytest.approx(runs[False]["dev_loss"], rel=0.02)
+    weights = load_file(str(tmp_path / "acTrue" / "model" / "adapter_model.safetensors"))
+    assert weights and all(str(w.dtype) == "torch.float32" for w in weights.values())
+
+
+def test_train_command_restarts_with_passive_openmp(monkeypatch):
+    import os
+    import runpy
+    import sys
+
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda exe, argv: calls.append(argv))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(sys, "argv", ["x", "train", "a.jsonl"])
+    main = runpy.run_path(str(Path(__file__).parent.parent / "spacy_giellm" / "__main__.py"), run_name="not_main")
+    main["_passive_openmp_for_training"]()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and calls[0][-3:] == ["spacy_giellm", "train", "a.jsonl"]
+    calls.clear()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stays
+    main["_passive_openmp_for_training"]()
+    monkeypatch.setattr(sys, "argv", ["x", "bench"])
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    main["_passive_openmp_for_training"]()  # other commands: untouched
+    assert calls == [] and "OMP_WAIT_POLICY" not in os.environ

@@ -11,7 +11,8 @@ on docs/s that no decoder on this machine can pass (roofline-style).
   x weight bytes / bandwidth = seconds per doc at best. Prefill reads them
   once per batch of prompts and is left out.
 
-The matmul rate is torch's float32 GEMM at the bench's thread count: llama.cpp
+The matmul rate is torch's float32 GEMM at the bench's thread count (bf16
+on request: what `train --profile` compares training with): llama.cpp
 multiplies quantized weights with its own kernels (int8 dot products for
 Q8_0), which can beat it, so the compute ceiling is a guide, not a proof.
 
@@ -26,16 +27,19 @@ import time
 from typing import Any, Dict, Optional
 
 
-def machine_rates(threads: int, size: int = 1024, mbytes: int = 256) -> Dict[str, float]:
-    """{"matmul_gflops", "memory_gb_per_s"}: float32 GEMM of size^3 and a
-    copy of `mbytes` MB (read + write counted), each the best of 5."""
+def machine_rates(threads: int, size: int = 1024, mbytes: int = 256, dtype: str = "fp32") -> Dict[str, float]:
+    """{"matmul_gflops", "memory_gb_per_s"}: GEMM of size^3 in `dtype`
+    ("fp32", or "bf16": AMX / AVX512-BF16 where the CPU has them, else
+    emulated, slower) and a copy of `mbytes` MB (read + write counted),
+    each the best of 5 after one untimed GEMM."""
     import torch
 
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a = torch.randn(size, size)
-        b = torch.randn(size, size)
+        a = torch.randn(size, size, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+        b = torch.randn(size, size, dtype=a.dtype)
+        torch.mm(a, b)
         best = float("inf")
         for _ in range(5):
             t = time.perf_counter()

@@ -45,13 +45,33 @@ class TrainConfig:
     # CPU LoRA: "auto" holds the frozen base in bf16 where the CPU has
     # native bf16 matmuls, "bf16" always, "fp32" never. (GPU: bf16 if supported.)
     precision: str = "auto"
+    # Pack each batch's sequences end to end (`data.PackCollator`: attention
+    # kept inside each sequence, positions restarting) instead of padding
+    # them to the longest: no compute on padding. A step still holds
+    # `batch_size` sequences. Needs the output-token loss (padding otherwise).
+    packing: bool = True
+    # Tokens per packed row (0: a batch's sequences in one row).
+    pack_row_tokens: int = 0
+    # Record the time split, tokens/s, GFLOPS and peak RSS of the training
+    # steps (`training.profile`) into the manifest's "profile".
+    profile: bool = False
+    # CPU LoRA on a bf16 base: run the adapters' matmuls (and the rest of the
+    # forward that autocast covers) in bf16 under torch's CPU autocast; the
+    # adapters' weights, gradients and optimizer state stay float32. None:
+    # whenever the base is held in bf16 (`precision`).
+    autocast: Optional[bool] = None
+    # torch threads (0: torch's default, one per core).
+    threads: int = 0
     # Activation (gradient) checkpointing: keep only each layer's input and
     # recompute the rest in the backward pass: about half the memory for
     # 1.4-1.6x the time on a CPU (benchmarks/training-speed.md). None: on a
     # GPU only.
     gradient_checkpointing: Optional[bool] = None
-    # an upper bound: early stopping on the dev loss (patience) ends a run
-    # on small data before it
+    # A recipe's unit is steps (max_steps, or epochs): a step is batch_size
+    # sequences, packed or padded alike, so a step count means the same
+    # training whatever the machine or its speed; max_time is a cap on top.
+    # epochs is an upper bound: early stopping on the dev loss (patience)
+    # ends a run on small data before it.
     epochs: float = 10.0
     max_steps: int = -1
     # Seconds of training in this run (0: no limit); with a budget the

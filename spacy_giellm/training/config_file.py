@@ -297,6 +297,9 @@ def _legacy_field(flag: str) -> Optional[Tuple[str, Optional[bool]]]:
     for field in (name, f"{TINY}.{name}"):
         if field in keys:
             return field, None
+    # --no-X for a bool setting X (--no-packing, --no-autocast)
+    if name.startswith("no_") and field_types().get(name[3:]) in (bool, Optional[bool]):
+        return name[3:], False
     return None
 
 

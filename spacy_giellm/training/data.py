@@ -168,6 +168,70 @@ class PadCollator:
         }
 
 
+def pack_rows(lengths: Sequence[int], row_tokens: int = 0) -> List[List[int]]:
+    """The indices of sequences of `lengths`, grouped into rows of at most
+    `row_tokens` tokens (0: all in one row), first-fit over the sequences
+    longest first; a sequence longer than `row_tokens` gets a row alone.
+    Rows keep the order in which they were opened."""
+    if row_tokens <= 0:
+        return [list(range(len(lengths)))] if lengths else []
+    rows: List[List[int]] = []
+    room: List[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(row_tokens - lengths[i])
+    return rows
+
+
+class PackCollator:
+    """Packing: the sequences of a batch laid end to end in rows (of at most
+    `row_tokens` tokens; 0: one row), so that no compute goes to padding
+    (only rows narrower than the widest are padded).
+
+    No attention_mask: `position_ids` restart at 0 with every sequence, and
+    transformers (>= 4.56, `masking_utils.find_packed_sequence_indices`)
+    then keeps attention inside each sequence, in full and sliding-window
+    layers alike, for sdpa and eager attention. The label of each sequence's
+    first token is -100: no position predicts it from its own sequence, so
+    the last token of the previous sequence never learns to predict it (in a
+    padded batch it is never a target either: it is the prompt's BOS). Loss
+    and gradients equal those of the padded batch up to float rounding
+    (`tests/test_training.py`). A step still holds the same sequences."""
+
+    def __init__(self, pad_token_id: int, row_tokens: int = 0):
+        self.pad_token_id = pad_token_id
+        self.row_tokens = row_tokens
+
+    def __call__(self, features: List[Dict[str, List[int]]]) -> Dict[str, Any]:
+        import torch
+
+        rows = []
+        for members in pack_rows([len(f["input_ids"]) for f in features], self.row_tokens):
+            ids: List[int] = []
+            labels: List[int] = []
+            positions: List[int] = []
+            for i in members:
+                seq = list(features[i]["input_ids"])
+                ids += seq
+                labels += [IGNORE_INDEX] + list(features[i]["labels"])[1:]
+                positions += range(len(seq))
+            rows.append((ids, labels, positions))
+        width = max(len(ids) for ids, _, _ in rows)
+        # Padding (rows narrower than the widest) is a sequence of its own
+        # (positions from 0), after every real token, labelled -100.
+        return {
+            "input_ids": torch.tensor([ids + [self.pad_token_id] * (width - len(ids)) for ids, _, _ in rows]),
+            "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab, _ in rows]),
+            "position_ids": torch.tensor([pos + list(range(width - len(pos))) for _, _, pos in rows]),
+        }
+
+
 def split_and_mix(
     datasets: Dict[str, PathLike],
     out_dir: PathLike,
@@ -239,4 +303,6 @@ __all__ = [
     "encode_pair",
     "tokenize_records",
     "PadCollator",
+    "PackCollator",
+    "pack_rows",
 ]

@@ -39,7 +39,8 @@ def _causal_lm(model: Any) -> Any:
 
 def output_token_loss(model: Any, inputs: Dict[str, Any], num_items_in_batch: Optional[Any] = None) -> Any:
     """Cross entropy over the labelled positions of `inputs` (input_ids,
-    attention_mask, labels), applying the LM head to those positions only.
+    attention_mask, labels; or input_ids, position_ids, labels for packed
+    rows), applying the LM head to those positions only.
 
     With `num_items_in_batch` (the labelled tokens of the whole accumulated
     batch, as transformers' Trainer passes it) the summed loss is divided by
@@ -61,8 +62,9 @@ def output_token_loss(model: Any, inputs: Dict[str, Any], num_items_in_batch: Op
         # that need it (one position per sequence would still cost a slow
         # small-batch bf16 product over the whole vocabulary on a CPU)
         no_position = torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device)
-        model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False,
-              logits_to_keep=no_position)
+        # packed rows (`data.PackCollator`) carry position_ids and no mask
+        model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+              position_ids=inputs.get("position_ids"), use_cache=False, logits_to_keep=no_position)
     finally:
         hook.remove()
     if len(captured) != 1:
@@ -71,7 +73,8 @@ def output_token_loss(model: Any, inputs: Dict[str, Any], num_items_in_batch: Op
     # Position t predicts token t + 1.
     targets = inputs["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][keep]).float()
+    # (under CPU autocast the body may hand back float32 next to a bf16 head)
+    logits = head(hidden[:, :-1][keep].to(head.weight.dtype)).float()
     softcap = getattr(lm.config, "final_logit_softcapping", None)
     if softcap:
         logits = tanh(logits / softcap) * softcap

@@ -4,8 +4,12 @@
   full fine-tuning (`full=True`), or a tiny Llama built from scratch with a
   SentencePiece tokenizer trained on the training texts (`from_scratch=True`,
   always full fine-tuning; this is what the CPU demo trains; `scratch`).
-* Length-grouped batching, dynamic right padding (labels padded with -100),
-  loss on output tokens only (see `training.data`).
+* Length-grouped batching; each batch's sequences packed end to end
+  (attention inside each sequence; `data.PackCollator`) or, with
+  `packing=False`, right-padded (labels padded with -100); loss on output
+  tokens only (see `training.data`, `training.loss`).
+* `profile=True`: time split, real tokens/s, GFLOPS and peak RSS of the
+  steps in the manifest (`training.profile`).
 * Gradient checkpointing and bf16 only on a GPU; fixed seed.
 * Checkpoints in `<out>/checkpoints`; a rerun resumes from the last one.
 * Early stopping on the dev loss, best model loaded at the end; or a time
@@ -37,7 +41,7 @@ from .base_model import BaseModelNotFound, resolve_base_model
 from .callbacks import clock_named, run_clock, time_budget_trainer, time_limit_callback
 from .config import PRECISIONS, TinyModelConfig, TrainConfig
 from .config_file import CONFIG_FILE, config_text
-from .data import PadCollator, TrainingDataError, read_records, tokenize_records
+from .data import PackCollator, PadCollator, TrainingDataError, read_records, tokenize_records
 from .loss import output_token_trainer
 from .model_tasks import write_model_tasks
 from .parallel import first_process_first, join_process_group, per_process, world_size
@@ -121,6 +125,14 @@ def _bf16_base(precision: str, cuda: bool, mode: str) -> bool:
     import torch
 
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _cpu_autocast(cfg: TrainConfig, cuda: bool, bf16_base: bool) -> bool:
+    """Whether a CPU run trains under bf16 autocast: asked for, or (None) a
+    LoRA run on a bf16 base."""
+    if cuda:
+        return False
+    return bf16_base if cfg.autocast is None else bool(cfg.autocast)
 
 
 def _load_model(base: str, cfg: TrainConfig, mode: str, dtype: Any) -> Any:
@@ -298,15 +310,43 @@ def _make_trainer(model: Any, tokenizer: Any, args: Any, cfg: TrainConfig, train
         clock = run_clock(cfg.time_clock)
         callbacks.append(time_limit_callback(cfg.max_time, clock))
         trainer_cls = time_budget_trainer(trainer_cls, cfg.max_time, cfg.warmup, cfg.max_steps, clock)
-    return trainer_cls(
+    collator: Any = (
+        PackCollator(tokenizer.pad_token_id, cfg.pack_row_tokens) if _packing(cfg)
+        else PadCollator(tokenizer.pad_token_id)
+    )
+    trainer_ref: List[Any] = []
+    if cfg.profile:
+        from .profile import CountingCollator, profile_callback, profiling_trainer
+
+        collator = CountingCollator(collator)
+        trainer_cls = profiling_trainer(trainer_cls)
+        callbacks.append(profile_callback(trainer_ref))
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=train_data.examples,
         eval_dataset=dev_data.examples if has_dev else None,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    trainer_ref.append(trainer)
+    return trainer
+
+
+def _packing(cfg: TrainConfig) -> bool:
+    """Packed rows need the output-token loss, which passes their
+    position_ids and asks for no cache (a cache would turn off
+    transformers' detection of packed sequences)."""
+    return cfg.packing and cfg.output_token_loss
+
+
+def _profile(trainer: Any, model: Any) -> Dict[str, Any]:
+    from .profile import format_profile, gemm_rates, model_shape, summarize
+
+    summary = summarize(trainer.step_records, model_shape(model), gemm_rates())
+    logger.info("%s", format_profile(summary))
+    return summary
 
 
 def _dev_loss(trainer: Any, args: Any) -> Optional[float]:
@@ -369,9 +409,14 @@ def train(
     bf16_base = _bf16_base(cfg.precision, cuda, mode)
     model = _load_model(base, cfg, mode, torch.bfloat16 if (bf16 or bf16_base) else torch.float32)
     n_params, n_trainable = _count_params(model)
+    # The adapters' matmuls in bf16 too (float32 master weights): accelerate
+    # runs the forward under CPU autocast (`train_speed.py` measures it).
+    autocast = _cpu_autocast(cfg, cuda, bf16_base)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
 
     # 3. Training.
-    args = _training_args(cfg, ckpt_dir, dev_data is not None, cuda, bf16)
+    args = _training_args(cfg, ckpt_dir, dev_data is not None, cuda, bf16 or autocast)
     trainer = _make_trainer(model, tokenizer, args, cfg, train_data, dev_data)
     if last:
         logger.info("resuming from %s", last)
@@ -381,6 +426,7 @@ def train(
     result = trainer.train(resume_from_checkpoint=last)
     train_seconds, train_cpu = time.time() - t_train, cpu_clock() - cpu_train
     dev_loss = _dev_loss(trainer, args) if dev_data is not None else None
+    profile = _profile(trainer, model) if cfg.profile else None
 
     # 4. The model and its manifest (one process writes them).
     if not trainer.is_world_process_zero():
@@ -424,11 +470,16 @@ def train(
         "world_size": args.world_size,
         "bf16": bf16,
         "bf16_base_weights": bf16 or bf16_base,
+        "cpu_autocast_bf16": autocast,
+        "threads": torch.get_num_threads(),
         "gradient_checkpointing": _checkpointing(cfg, cuda),
+        "packing": _packing(cfg),
         "config": cfg_dict,
         "config_file": str(out / CONFIG_FILE),
         "versions": _versions(),
     }
+    if profile is not None:
+        manifest["profile"] = profile
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
 
