@@ -78,6 +78,14 @@ def test_shipped_configs_are_what_the_workflows_ran():
     assert paper.base_model == "llm-jp/llm-jp-3-1.8b"
     assert (paper.lora_r, paper.lora_alpha, tuple(paper.lora_target_modules)) == (8, 16, ("q_proj", "k_proj", "v_proj", "o_proj"))
     assert (paper.learning_rate, paper.epochs, paper.grad_accum, paper.max_length, paper.patience) == (2e-4, 3.0, 4, 512, 3)
+    # GIELLM-ja and a user task from it, as benchmarks/starting-model.md ran them
+    start, _ = load_config(CONFIGS / "giellm-ja.cfg")
+    assert start == replace(recipe, base_model="training/giellm-ja-base", max_steps=700, max_time=5400.0,
+                            time_clock="cpu", max_length=320, eval_steps=100000, patience=0)
+    user, user_paths = load_config(CONFIGS / "giellm-ja-user.cfg")
+    assert user == replace(recipe, base_model="training/giellm-ja-merged", learning_rate=1e-3, warmup=0.1, time_clock="cpu",
+                           max_length=320, eval_steps=100000, patience=0)
+    assert user_paths["train"] is None
 
 
 def test_overrides_reach_train_config(captured, tmp_path):
