@@ -22,7 +22,8 @@ from spacy_giellm.format import build_input, parse_output, render_output
 from spacy_giellm.registry import giellm_backends
 from spacy_giellm.scoring import score_annotations
 from spacy_giellm.tasks import load_task_file
-from spacy_giellm.training.evaluate import add_giellm, evaluate_group, make_nlp
+from spacy_giellm.component import add_giellm
+from spacy_giellm.training.evaluate import evaluate_group, make_nlp
 
 MODES = ("none", "drop", "stop")
 

@@ -86,7 +86,7 @@ def load_pipeline(path: PathLike, keep: bool = True) -> Language:
     """`spacy.load(path)`; with `keep`, `keep_outputs` on it."""
     import spacy
 
-    from .training.evaluate import register_backends
+    from .backends.build import register_backends
 
     # The backends register themselves on import: where the package's entry
     # points are not installed (a source tree on PYTHONPATH) this is what

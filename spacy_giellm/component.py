@@ -41,7 +41,7 @@ MODEL_REF = "model.json"
 # model by an absolute path).
 ALLOW_OUTSIDE_ENV = "SPACY_GIELLM_ALLOW_MODEL_OUTSIDE_PIPELINE"
 
-__all__ = ["GiellmComponent", "make_giellm", "DEFAULT_CONFIG", "ENTS_POLICIES",
+__all__ = ["GiellmComponent", "make_giellm", "add_giellm", "DEFAULT_CONFIG", "ENTS_POLICIES",
            "ENTITY_GROUP", "SENTIMENT_GROUP", "annotation_from_doc"]
 
 # How generated entities meet the pipeline's earlier ones in doc.ents:
@@ -502,3 +502,14 @@ class GiellmComponent(Pipe):
     def _set_task(self, task: Task) -> None:
         self.task = task
         self._bind_backend()
+
+
+def add_giellm(nlp: Language, task: Task, backend: Dict[str, Any], name: str, **options: Any) -> Any:
+    """Add a `giellm` component for `task` (a Task is passed as its dict)
+    on the `backend` block (`backends.build.backend_config`) to `nlp`."""
+    from .backends.build import register_backends
+
+    register_backends()
+
+    config = {"task": task.to_dict(), "backend": backend, **options}
+    return nlp.add_pipe("giellm", name=name, config=config)

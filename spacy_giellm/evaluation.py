@@ -1,5 +1,7 @@
 """Score a file of predictions against a file of gold records (what the
-`evaluate` command prints).
+`evaluate` command prints); read held-out gold records grouped by task
+(`load_gold`); the scores as a Markdown table (`markdown_table`, what
+`evaluate-model` writes and `annotate --scores` prints).
 
 Records are matched by line order and checked by text and task; a
 prediction is a raw `output` string or a record with structured fields.
@@ -11,10 +13,11 @@ from .annotation import Annotation
 from .corpora import CorpusError, ReadReport, annotation_from_record, read_jsonl, task_resolver, tasks_from_gold
 from .corpora.jsonl import iter_json_lines
 from .scoring import score_annotations
+from .tasks import Task
 
 PathLike = Union[str, Path]
 
-__all__ = ["read_prediction_pairs", "score_prediction_files"]
+__all__ = ["read_prediction_pairs", "score_prediction_files", "load_gold", "markdown_table"]
 
 
 def read_prediction_pairs(
@@ -58,3 +61,50 @@ def score_prediction_files(gold_path: PathLike, pred_path: PathLike, task: Optio
     scores = score_annotations(pairs)
     scores["counts"]["pred_parse_problems"] = problems
     return scores
+
+
+def load_gold(path: PathLike, resolver: Optional[Any] = None) -> Dict[Tuple[str, Optional[str]], Tuple[Task, List[Annotation]]]:
+    """Gold annotations grouped by (task, instruction word). The records'
+    tasks resolve through `resolver` (a TaskResolver, e.g.
+    `model_tasks.model_task_resolver`), else the file's sidecar and the
+    built-in tasks."""
+    resolver = task_resolver(resolver, path)
+    golds = list(read_jsonl(path, task=resolver, report=ReadReport(path=str(path))))
+    # Word levels without labels (TCREE) get the gold records' labels, so
+    # that predictions are parsed anchored on them, as `evaluate` does.
+    tasks = tasks_from_gold(golds, resolver)
+    groups: Dict[Tuple[str, Optional[str]], Tuple[Task, List[Annotation]]] = {}
+    for ann in golds:
+        task = tasks[ann.task]
+        key = (task.name, ann.instruction if len(task.instructions) > 1 else None)
+        groups.setdefault(key, (task, []))[1].append(ann)
+    if not groups:
+        raise ValueError(f"{path}: no held-out records")
+    return groups
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def markdown_table(metrics: Dict[str, Any], level: str = "model") -> str:
+    """Table 1 of the paper (TL / WL / ALL accuracy) plus word-level P/R/F."""
+    lines = []
+    if metrics.get("title"):
+        lines += [f"### {metrics['title']}", ""]
+    lines += [
+        f"Model: `{metrics['model']}` ({metrics['backend']['@giellm_backends']}); "
+        f"held-out data: `{metrics['data']}`, {metrics['sequences']} sequences; "
+        f"time: {metrics['seconds']} s. Scores: {level} level "
+        f"({'generated strings' if level == 'model' else 'spans on the Doc'}), in %.",
+        "",
+        "| Dataset / task | n | TL | WL | ALL | WL P | WL R | WL F |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, res in metrics["results"].items():
+        s = res[level]
+        lines.append(
+            f"| {name} | {res['sequences']} | {_pct(s['tl_acc'])} | {_pct(s['wl_acc'])} | "
+            f"{_pct(s['all_acc'])} | {_pct(s['wl_p'])} | {_pct(s['wl_r'])} | {_pct(s['wl_f'])} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -81,7 +81,7 @@ def test_output_token_loss_equals_the_models_own_loss(arch, lora, tiny_model_dir
 
 def test_gguf_base_is_dequantized_once_and_generates_like_the_gguf(tiny_gemma_dir, tiny_gemma_gguf, tmp_path, monkeypatch):
     from spacy_giellm.training import base_model
-    from spacy_giellm.training.evaluate import backend_config, make_backend
+    from spacy_giellm.backends.build import backend_config, make_backend
 
     cache = tmp_path / "cache"
     hf_dir = Path(resolve_base_model(str(tiny_gemma_gguf), cache=cache))

@@ -91,7 +91,7 @@ def test_a_label_the_schema_cannot_list_is_an_error():
 def test_the_option_travels_through_sidecar_model_dir_and_gguf(tmp_path, tiny_gguf):
     from spacy_giellm.corpora.sidecar import corpus_tasks, write_corpus_tasks
     from spacy_giellm.training.gguf_export import set_gguf_strings
-    from spacy_giellm.training.model_tasks import GGUF_TASKS_KEY, read_model_tasks, tasks_json_string, write_model_tasks
+    from spacy_giellm.model_tasks import GGUF_TASKS_KEY, read_model_tasks, tasks_json_string, write_model_tasks
 
     tasks = {SCHEMA_TASK.name: SCHEMA_TASK}
     write_corpus_tasks(tmp_path / "train.jsonl", tasks)
@@ -234,7 +234,7 @@ def test_bad_augmentation_settings_are_errors(tmp_path):
 def test_train_warns_when_a_schema_base_gets_a_task_without_the_schema(tmp_path, caplog):
     import logging
 
-    from spacy_giellm.training.model_tasks import write_model_tasks
+    from spacy_giellm.model_tasks import write_model_tasks
     from spacy_giellm.training.train import _warn_if_the_base_reads_a_schema
 
     plain = replace(SCHEMA_TASK, name="mine", label_schema=False)

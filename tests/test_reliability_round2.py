@@ -103,7 +103,7 @@ def _gguf_storing(tiny_gguf, path, tasks_json):
     import shutil
 
     from spacy_giellm.training.gguf_export import set_gguf_strings
-    from spacy_giellm.training.model_tasks import GGUF_TASKS_KEY
+    from spacy_giellm.model_tasks import GGUF_TASKS_KEY
 
     shutil.copy(tiny_gguf, path)
     set_gguf_strings(path, {GGUF_TASKS_KEY: json.dumps(tasks_json, ensure_ascii=False)})
@@ -136,7 +136,7 @@ def test_a_task_name_with_a_dot_packages_into_a_loadable_pipeline(package_inputs
 
 
 def test_pipe_names_keep_to_letters_digits_and_underscores():
-    from spacy_giellm.training.export import pipe_name_for
+    from spacy_giellm.packaging import pipe_name_for
 
     assert pipe_name_for("tcree", "Relation Extraction") == "giellm_tcree_relation"
     assert pipe_name_for("scpos-rw") == "giellm_scpos_rw"
@@ -183,7 +183,7 @@ def test_force_replaces_an_untouched_pipeline(packaged):
 
 
 def test_force_refuses_a_pipeline_whose_mark_lists_only_top_level_entries(tmp_path):
-    from spacy_giellm.training.export import _check_replaceable
+    from spacy_giellm.packaging import _check_replaceable
 
     out = tmp_path / "old"
     (out / "giellm_model").mkdir(parents=True)

@@ -132,7 +132,7 @@ def test_backend_config_takes_any_setting_by_name_and_type(tiny_gguf, tmp_path):
     from typer.testing import CliRunner
 
     from spacy_giellm.cli import app
-    from spacy_giellm.training.evaluate import backend_config
+    from spacy_giellm.backends.build import backend_config
 
     cfg = backend_config(tiny_gguf, settings={"jump_forward": "false", "n_threads": "none", "prompt_lookup": 3})
     assert (cfg["jump_forward"], cfg["n_threads"], cfg["prompt_lookup"]) == (False, None, 3)

@@ -67,7 +67,7 @@ def test_llama_cpp_reads_the_trimmed_tokenizer_as_transformers_does(trimmed, tmp
     pytest.importorskip("llama_cpp")
     from transformers import AutoTokenizer
 
-    from spacy_giellm.training.evaluate import backend_config, make_backend
+    from spacy_giellm.backends.build import backend_config, make_backend
     from spacy_giellm.training.gguf_export import ConverterNotFoundError, convert_to_gguf
 
     out, _ = trimmed

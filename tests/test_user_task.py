@@ -206,7 +206,7 @@ class _Answer:
 def test_evaluate_model_takes_the_tasks_from_the_model(converted, tmp_path, monkeypatch):
     from spacy_giellm.registry import giellm_backends
     from spacy_giellm.training import evaluate as evaluate_module
-    from spacy_giellm.training.model_tasks import MODEL_TASKS_FILE, write_model_tasks
+    from spacy_giellm.model_tasks import MODEL_TASKS_FILE, write_model_tasks
 
     giellm_backends.register("test.FixedAnswer.v1", func=lambda: _Answer())
     monkeypatch.setattr(evaluate_module, "backend_config", lambda model, **_: {"@giellm_backends": "test.FixedAnswer.v1"})
@@ -230,7 +230,7 @@ def test_gguf_metadata_holds_the_tasks_through_quantization(tiny_gguf, tmp_path)
     pytest.importorskip("llama_cpp")
     from spacy_giellm.backends.gguf_check import validate_gguf
     from spacy_giellm.training.gguf_export import quantize_gguf, set_gguf_strings
-    from spacy_giellm.training.model_tasks import GGUF_TASKS_KEY, read_model_tasks, tasks_json_string
+    from spacy_giellm.model_tasks import GGUF_TASKS_KEY, read_model_tasks, tasks_json_string
 
     tasks = {"recipe-ner": Task.from_dict(TASK)}
     gguf = tmp_path / "m.gguf"
@@ -246,7 +246,7 @@ def test_gguf_metadata_holds_the_tasks_through_quantization(tiny_gguf, tmp_path)
     quantize_gguf(gguf, tmp_path / "q.gguf", "Q8_0")
     assert read_model_tasks(tmp_path / "q.gguf") == tasks
     # llama.cpp loads it and generates as from the original file
-    from spacy_giellm.training.evaluate import backend_config, make_backend
+    from spacy_giellm.backends.build import backend_config, make_backend
 
     outs = [make_backend(backend_config(p, max_new_tokens=6)).generate(["豆腐を鍋で煮る。"]) for p in (tiny_gguf, gguf)]
     assert outs[0] == outs[1]
@@ -262,7 +262,7 @@ def test_user_task_from_task_file_to_annotation_without_repeating_it(user_files,
     pytest.importorskip("llama_cpp")
     import spacy
 
-    from spacy_giellm.training.model_tasks import read_model_tasks
+    from spacy_giellm.model_tasks import read_model_tasks
 
     task_file, user = user_files
     expected = {"recipe-ner": Task.from_dict(TASK)}
@@ -328,7 +328,7 @@ def test_user_task_from_task_file_to_annotation_without_repeating_it(user_files,
 
 def _gguf_with_tasks(gguf, tmp_path, tasks):
     from spacy_giellm.training.gguf_export import set_gguf_strings
-    from spacy_giellm.training.model_tasks import GGUF_TASKS_KEY, tasks_json_string
+    from spacy_giellm.model_tasks import GGUF_TASKS_KEY, tasks_json_string
 
     out = tmp_path / "recipe.gguf"
     shutil.copy(gguf, out)
@@ -368,7 +368,7 @@ def test_component_task_names_a_task_stored_in_the_hf_model_or_adapter(tiny_mode
     pytest.importorskip("transformers")
     import spacy
 
-    from spacy_giellm.training.model_tasks import write_model_tasks
+    from spacy_giellm.model_tasks import write_model_tasks
 
     user_task = Task.from_dict(TASK)
     model = tmp_path / "model"

@@ -1,6 +1,6 @@
 """Reading the tasks a trained model stores with itself, as a spaCy pipeline
 carries its labels: a model or adapter directory's `giellm_tasks.json`, an
-exported GGUF's metadata string `giellm.tasks` (`training.model_tasks`
+exported GGUF's metadata string `giellm.tasks` (`model_tasks`
 writes both). Here, below the backends and the training code, since both
 read them: a backend, so that the component can name a task the model was
 trained on (`base.ModelTasks`); `evaluate-model`, `package`, `export-gguf`.

@@ -65,7 +65,7 @@ def annotate_cli(
             for reason in report.reasons:
                 typer.echo(f"skipped {reason}", err=True)
         if scores is not None:
-            from ..training.evaluate import markdown_table
+            from ..evaluation import markdown_table
 
             typer.echo("\n" + markdown_table(json.loads(scores.read_text(encoding="utf8"))))
 

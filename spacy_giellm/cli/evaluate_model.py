@@ -34,7 +34,8 @@ def evaluate_model_cli(
     The records' tasks are the model's own (stored by `train`), else those
     DATA's sidecar carries, else built-in; --task overrides."""
     with fail_cleanly():
-        from ..training.evaluate import evaluate, markdown_table
+        from ..evaluation import markdown_table
+        from ..training.evaluate import evaluate
 
         settings = {}
         for item in setting or []:

@@ -41,7 +41,7 @@ def package_cli(
     --force, a pipeline written by this command). The components are the
     tasks of --data, else those the model stores (`train` keeps them)."""
     with fail_cleanly():
-        from ..training.export import package_pipeline, tasks_of
+        from ..packaging import package_pipeline, tasks_of
 
         echo_json(package_pipeline(
             gguf, output_dir, tasks_of(data, model=gguf, overrides=list(task) if task else None), base=base, name=name, version=version,

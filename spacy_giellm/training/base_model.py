@@ -22,19 +22,18 @@ fine-tuned model writes the same vocabulary the base GGUF had.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
+from ..packaging import license_files, model_package
 from ..util import file_sha256
 
 PathLike = Union[str, "os.PathLike[str]"]
 SOURCE_FILE = "giellm-base-source.json"
-LICENSE_PATTERNS = ("*TERMS*", "*LICENSE*", "*LICENCE*", "NOTICE*")
 
 # GGUF token types (llama.cpp's llama_token_type), which equal SentencePiece's
 # ModelProto.SentencePiece.Type numbers.
@@ -47,30 +46,6 @@ class BaseModelNotFound(FileNotFoundError):
 
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def _model_package(name: str) -> Optional[Any]:
-    """The module of an installed model package named `name` (distribution or
-    module name), if it has an `assemble()`; None if there is no such module."""
-    module_name = name.replace("-", "_")
-    if not module_name.isidentifier():
-        return None
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    return module if callable(getattr(module, "assemble", None)) else None
-
-
-def license_files(module: Any) -> List[Path]:
-    """License / terms / notice files shipped inside a model package."""
-    root = Path(module.__file__).parent
-    found: Dict[Path, None] = {}
-    for pattern in LICENSE_PATTERNS:
-        for path in sorted(root.rglob(pattern)):
-            if path.is_file():
-                found[path] = None
-    return list(found)
 
 
 def resolve_base_model(spec: Optional[str], *, cache: Optional[PathLike] = None, hub: bool = True) -> str:
@@ -89,7 +64,7 @@ def resolve_base_model(spec: Optional[str], *, cache: Optional[PathLike] = None,
         if not (path / "config.json").is_file():
             raise BaseModelNotFound(f"base model directory {path} has no config.json")
         return str(path)
-    module = None if _looks_like_path(spec) else _model_package(spec)
+    module = None if _looks_like_path(spec) else model_package(spec)
     if module is not None:
         gguf = Path(module.assemble())
         return str(hf_dir_from_gguf(gguf, cache=cache, licenses=license_files(module), package=spec))

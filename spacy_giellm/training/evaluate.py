@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..annotation import Annotation
+from ..backends.build import backend_config
+from ..evaluation import load_gold, markdown_table
 from ..format import parse_output
 from ..scoring import calibration, score_annotations
 from ..tasks import Task
@@ -31,120 +33,12 @@ Pairs = List[Tuple[Annotation, Annotation]]
 PathLike = Union[str, Path]
 
 
-def backend_config(
-    model: PathLike,
-    *,
-    max_new_tokens: int = 256,
-    batch_size: int = 16,
-    n_ctx: int = 2048,
-    constrained: bool = False,
-    settings: Optional[Mapping[str, Any]] = None,
-) -> Dict[str, Any]:
-    """The `@giellm_backends` block for a trained model: a .gguf file ->
-    giellm.LlamaCpp.v1; a LoRA adapter dir -> giellm.HF.v1 on its base model
-    with the adapter; any other model dir or hub id -> giellm.HF.v1.
-
-    `settings`: more of the backend's settings (`backends.settings`: any
-    field of HFSettings or LlamaCppSettings, e.g. {"jump_forward": False});
-    a string value is read by the field's type (a command line's
-    `--setting name=value`). The block is validated as the backend's
-    settings now: an unknown or bad setting is a ValueError naming it."""
-    cfg = _model_backend_config(model, max_new_tokens=max_new_tokens, batch_size=batch_size, n_ctx=n_ctx,
-                                constrained=constrained)
-    from ..backends.settings import setting_value, settings_class_for
-
-    settings_class = settings_class_for(cfg["@giellm_backends"])
-    for name, value in (settings or {}).items():
-        cfg[name] = setting_value(settings_class, name, value) if isinstance(value, str) else value
-    settings_class(**{k: v for k, v in cfg.items() if k != "@giellm_backends"})  # validates, naming the field
-    return cfg
-
-
-def _model_backend_config(model: PathLike, *, max_new_tokens: int, batch_size: int, n_ctx: int,
-                          constrained: bool) -> Dict[str, Any]:
-    path = Path(model)
-    if path.suffix == ".gguf":
-        return {
-            "@giellm_backends": "giellm.LlamaCpp.v1",
-            "model_path": str(path.resolve()),
-            "max_new_tokens": max_new_tokens,
-            "n_ctx": n_ctx,
-            "constrained": constrained,
-        }
-    cfg: Dict[str, Any] = {
-        "@giellm_backends": "giellm.HF.v1",
-        "model": str(path.resolve()) if path.exists() else str(model),
-        "max_new_tokens": max_new_tokens,
-        "batch_size": batch_size,
-        "constrained": constrained,
-    }
-    adapter_cfg = path / "adapter_config.json"
-    if adapter_cfg.is_file():
-        base = json.loads(adapter_cfg.read_text(encoding="utf8")).get("base_model_name_or_path")
-        if not base:
-            raise ValueError(f"{adapter_cfg} names no base model (base_model_name_or_path)")
-        cfg["model"], cfg["adapter"] = base, str(path.resolve())
-    return cfg
-
-
-def register_backends() -> None:
-    """Import the built-in backend modules so that their registrations run
-    even where the `giellm_backends` entry points are not found."""
-    import importlib
-
-    for module in ("hf", "llamacpp"):
-        importlib.import_module(f"spacy_giellm.backends.{module}")
-
-
-def make_backend(config: Dict[str, Any]) -> Any:
-    """Build a backend from its `@giellm_backends` block."""
-    from ..registry import giellm_backends
-
-    register_backends()
-
-    args = {k: v for k, v in config.items() if k != "@giellm_backends"}
-    return giellm_backends.get(config["@giellm_backends"])(**args)
-
-
 def make_nlp(base: str = "blank") -> Any:
     """The pipeline the component goes into: "blank" (spacy.blank("ja"),
     SudachiPy tokens only) or a pipeline name / path such as "ja_ginza"."""
     import spacy
 
     return spacy.blank("ja") if base == "blank" else spacy.load(base)
-
-
-def add_giellm(nlp: Any, task: Task, backend: Dict[str, Any], name: str, **options: Any) -> Any:
-    """Add a `giellm` component for `task` (a Task is passed as its dict)."""
-    import spacy_giellm.component  # noqa: F401  (registers the factory)
-
-    register_backends()
-
-    config = {"task": task.to_dict(), "backend": backend, **options}
-    return nlp.add_pipe("giellm", name=name, config=config)
-
-
-def load_gold(path: PathLike, resolver: Optional[Any] = None) -> Dict[Tuple[str, Optional[str]], Tuple[Task, List[Annotation]]]:
-    """Gold annotations grouped by (task, instruction word). The records'
-    tasks resolve through `resolver` (a TaskResolver, e.g.
-    `model_tasks.model_task_resolver`), else the file's sidecar and the
-    built-in tasks."""
-    from ..corpora import ReadReport, read_jsonl, task_resolver
-    from ..corpora.labels import tasks_from_gold
-
-    resolver = task_resolver(resolver, path)
-    golds = list(read_jsonl(path, task=resolver, report=ReadReport(path=str(path))))
-    # Word levels without labels (TCREE) get the gold records' labels, so
-    # that predictions are parsed anchored on them, as `evaluate` does.
-    tasks = tasks_from_gold(golds, resolver)
-    groups: Dict[Tuple[str, Optional[str]], Tuple[Task, List[Annotation]]] = {}
-    for ann in golds:
-        task = tasks[ann.task]
-        key = (task.name, ann.instruction if len(task.instructions) > 1 else None)
-        groups.setdefault(key, (task, []))[1].append(ann)
-    if not groups:
-        raise ValueError(f"{path}: no held-out records")
-    return groups
 
 
 def _group_name(key: Tuple[str, Optional[str]]) -> str:
@@ -227,7 +121,8 @@ def evaluate(
     `cache` (a database file), the model's responses are kept there and a
     re-run reuses them (`metrics["cache"]`: hits and misses). `settings`:
     more backend settings (`backend_config`)."""
-    from .model_tasks import model_task_resolver
+    from ..component import add_giellm
+    from ..model_tasks import model_task_resolver
 
     t0 = time.time()
     resolver = model_task_resolver(model, tasks, data)
@@ -298,31 +193,6 @@ def _write_metrics(out_dir: Path, metrics: Dict[str, Any], rows: Optional[List[D
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _pct(value: Optional[float]) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
 
 
-def markdown_table(metrics: Dict[str, Any], level: str = "model") -> str:
-    """Table 1 of the paper (TL / WL / ALL accuracy) plus word-level P/R/F."""
-    lines = []
-    if metrics.get("title"):
-        lines += [f"### {metrics['title']}", ""]
-    lines += [
-        f"Model: `{metrics['model']}` ({metrics['backend']['@giellm_backends']}); "
-        f"held-out data: `{metrics['data']}`, {metrics['sequences']} sequences; "
-        f"time: {metrics['seconds']} s. Scores: {level} level "
-        f"({'generated strings' if level == 'model' else 'spans on the Doc'}), in %.",
-        "",
-        "| Dataset / task | n | TL | WL | ALL | WL P | WL R | WL F |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, res in metrics["results"].items():
-        s = res[level]
-        lines.append(
-            f"| {name} | {res['sequences']} | {_pct(s['tl_acc'])} | {_pct(s['wl_acc'])} | "
-            f"{_pct(s['all_acc'])} | {_pct(s['wl_p'])} | {_pct(s['wl_r'])} | {_pct(s['wl_f'])} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-__all__ = ["evaluate", "evaluate_group", "model_annotation", "backend_config", "make_backend", "make_nlp", "add_giellm", "markdown_table", "load_gold"]
+__all__ = ["evaluate", "evaluate_group", "model_annotation", "make_nlp"]

@@ -43,7 +43,7 @@ from .config import PRECISIONS, TinyModelConfig, TrainConfig
 from .config_file import CONFIG_FILE, config_text
 from .data import PackCollator, PadCollator, TrainingDataError, read_records, tokenize_records
 from .loss import output_token_trainer
-from .model_tasks import write_model_tasks
+from ..model_tasks import write_model_tasks
 from .parallel import first_process_first, join_process_group, per_process, world_size
 from .scratch import build_scratch_base
 

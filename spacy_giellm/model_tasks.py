@@ -24,11 +24,11 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..backends.stored_tasks import (
+from .backends.stored_tasks import (
     GGUF_TASKS_KEY, MODEL_TASKS_FILE, model_task_sources, read_gguf_tasks, read_model_tasks,
 )
-from ..tasks import Task, TaskResolver, TaskSpec, tasks_to_json
-from ..util import atomic_write_json
+from .tasks import Task, TaskResolver, TaskSpec, tasks_to_json
+from .util import atomic_write_json
 
 PathLike = Union[str, Path]
 
@@ -54,7 +54,7 @@ def model_task_resolver(
     tasks (`--task`) first, then the model's own, then those the data's
     sidecar carries, then the built-in ones. A name two of them define
     differently is said once on the `spacy_giellm` logger."""
-    from ..corpora.sidecar import corpus_task_sources
+    from .corpora.sidecar import corpus_task_sources
 
     sources = model_task_sources(model) + (corpus_task_sources(data) if data is not None else [])
     return TaskResolver.with_overrides(overrides, sources)
@@ -67,7 +67,7 @@ def tasks_for_model(
     per component a pipeline on `model` needs: every task the model was
     trained on (the user's `--task` replacing one of the same name, and
     added where the model has none), and for a task with several word levels
-    (TCREE) one per instruction word. The shape `training.export.tasks_of`
+    (TCREE) one per instruction word. The shape `packaging.tasks_of`
     returns, for `package_pipeline`. A model that stores no tasks and no
     `overrides` is a ValueError saying to give them."""
     resolver = model_task_resolver(model, overrides)
