@@ -53,7 +53,10 @@ def test_demo_workflow_runs_end_to_end(tmp_path, tiny_gemma_gguf):
     assert metrics["sequences"] > 0 and metrics["backend"]["@giellm_backends"] == "giellm.LlamaCpp.v1"
     # the exported GGUF generates exactly what the merged HF model generates
     verify = json.loads((tmp_path / "training" / "demo-f32.verify.json").read_text())
-    assert verify["prompts"] > 0 and verify["identical"] == verify["prompts"], verify["mismatches"]
+    # (a random tiny model has greedy near-ties, which float rounding may
+    # flip: each mismatch must be one, as the HF model's own logits say)
+    assert verify["prompts"] > 0 and verify["identical"] + verify["near_ties"] == verify["prompts"], verify["mismatches"]
+    assert verify["identical"] >= verify["prompts"] - 1
     # ... from the trimmed vocabulary, which the GGUF carries
     trim = json.loads((tmp_path / "training" / "demo-trimmed" / "giellm-trim.json").read_text())
     assert 0 < trim["vocab_after"] <= trim["vocab_before"] and trim["texts"] > 0

@@ -64,6 +64,7 @@ def export_gguf_cli(
             atomic_write_json(output_path.with_suffix(".verify.json"), report)
             typer.echo(
                 f"verify: {report['identical']}/{report['prompts']} greedy outputs identical to the HF model"
+                + (f" ({report['near_ties']} more differ only at a near-tie)" if report["near_ties"] else "")
             )
             for m in report["mismatches"][:5]:
                 typer.echo(f"  MISMATCH {m['prompt'][:50]!r}\n    hf:   {m['hf'][:80]!r}\n    gguf: {m['gguf'][:80]!r}")

@@ -11,7 +11,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..backends.build import backend_config, make_backend
 from ..evaluation import load_gold
@@ -143,6 +143,24 @@ def export_gguf(
     }
 
 
+# A logit difference this small between the HF model's greedy token and the
+# GGUF's, at the first position they differ, is float rounding (llama.cpp
+# and torch sum in other orders), not a conversion error.
+NEAR_TIE_LOGITS = 1e-3
+
+
+def _hf_margin(hf: Any, prompt: str, prefix: Sequence[int], hf_token: int, gguf_token: int) -> float:
+    """How much the HF model prefers its own token to the GGUF's after
+    `prompt` + `prefix` (float32 logits)."""
+    import torch
+
+    model = hf.model
+    ids = torch.tensor([hf.encode_prompt(prompt) + list(prefix)], device=model.device)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1].float()
+    return float(logits[hf_token] - logits[gguf_token])
+
+
 def verify_gguf(
     gguf: PathLike,
     hf_model: PathLike,
@@ -152,7 +170,9 @@ def verify_gguf(
 ) -> Dict[str, Any]:
     """Greedy outputs of the GGUF (llama.cpp) and the HF model on the first
     `n` held-out prompts of each task; mismatches are listed. A float GGUF
-    should match exactly; a quantized one may not (its report says so)."""
+    should match exactly, but for greedy near-ties: each mismatch says how
+    much the HF model preferred its token (`hf_margin`), and `near_ties`
+    counts those under NEAR_TIE_LOGITS. A quantized GGUF may differ more."""
     from ..backends.gguf_check import validate_gguf
     from ..format import build_input
     from ..model_tasks import model_task_resolver
@@ -172,11 +192,14 @@ def verify_gguf(
     for prompt, a, b in zip(prompts, hf_ids, lc_ids):
         if a != b:
             first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            # one output ended where the other goes on: no token pair to weigh
+            margin = _hf_margin(hf, prompt, a[:first], a[first], b[first]) if first < min(len(a), len(b)) else None
             mismatches.append({
                 "prompt": prompt,
                 "hf": hf.decode(a),
                 "gguf": lc.decode(b),
                 "first_different_token": first,
+                "hf_margin": margin,
             })
     return {
         "gguf": str(gguf),
@@ -185,6 +208,7 @@ def verify_gguf(
         "prompts": len(prompts),
         "max_new_tokens": max_new_tokens,
         "identical": len(prompts) - len(mismatches),
+        "near_ties": sum(m["hf_margin"] is not None and abs(m["hf_margin"]) < NEAR_TIE_LOGITS for m in mismatches),
         "mismatches": mismatches,
         "seconds": round(time.time() - t0, 1),
     }
