@@ -589,14 +589,15 @@ def test_model_json_naming_a_file_outside_the_pipeline_is_refused(packaged, pack
         assert spacy.load(out).get_pipe("giellm_tcree_event").backend.model_path == target
 
 
-# --- 7. llama.cpp's default thread count leaves room for the machine ----------
+# --- 7. llama.cpp's default thread count leaves out the cores others keep busy -
 
 
 @pytest.mark.parametrize(
     "cores, load, expected",
-    [(2, 0.0, 1), (1, 0.0, 1), (8, 0.2, 7), (8, 3.4, 5), (8, 2.6, 5), (8, 20.0, 1), (16, None, 15)],
+    [(2, 0.0, 2), (2, 1.0, 1), (2, 0.6, 1), (1, 0.0, 1), (8, 0.2, 8), (8, 3.4, 5), (8, 2.6, 5), (8, 20.0, 1),
+     (16, None, 16)],
 )
-def test_default_threads_are_fewer_than_the_cores_and_the_busy_ones(monkeypatch, cores, load, expected):
+def test_default_threads_leave_out_the_busy_cores(monkeypatch, cores, load, expected):
     import os
 
     from spacy_giellm.backends import llamacpp

@@ -90,21 +90,22 @@ def physical_cores() -> int:
 @functools.lru_cache(maxsize=None)
 def default_threads() -> int:
     """llama.cpp's thread count where `n_threads` is not given: the physical
-    cores less one, and less the cores other processes keep busy (the 1-minute
-    load average, rounded), at least 1. Chosen once per process.
+    cores less the cores other processes keep busy (the 1-minute load
+    average, rounded), at least 1. Chosen once per process.
 
     llama.cpp's threads wait for each other at every step, so one of them
     descheduled by another process stalls them all: with a busy process on a
     2-core machine, 2 threads ran the tiny test model at 4-24 docs/s against
-    250 with 1 thread. One thread fewer than the cores costs a little speed on
-    an idle machine and avoids that collapse on a shared one. Set `n_threads`
-    to use every core of a machine the model has to itself."""
+    250 with 1 thread. On the same machine idle, the fine-tuned Gemma 3 270M
+    (Q8_0) ran 5.1 docs/s with 2 threads against 2.9 with 1, so an idle
+    machine keeps every core (benchmarks/batching-and-bf16.md, "Threads on an idle 2-core machine"). Set
+    `n_threads` to choose."""
     cores = physical_cores()
     try:
         busy = int(os.getloadavg()[0] + 0.5)
     except (AttributeError, OSError):  # no load average (Windows)
         busy = 0
-    chosen = max(1, min(cores - 1, cores - busy))
+    chosen = max(1, cores - busy)
     logger.info("giellm.LlamaCpp.v1: n_threads %d (%d physical cores, load %d); set n_threads to choose", chosen, cores, busy)
     return chosen
 

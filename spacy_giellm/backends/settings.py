@@ -143,7 +143,7 @@ class LlamaCppSettings(BackendSettings):
     # decides which prompts fit (a longer one is refused) and how many
     # sequences decode together
     n_ctx: int = setting(2048, OUTPUTS, load=True)
-    # None: the physical cores less one, less the busy ones (default_threads).
+    # None: the physical cores less the busy ones (default_threads).
     # Speed only: llama.cpp splits the rows of a matmul over threads, each
     # row computed the same way
     n_threads: Optional[int] = setting(None, SPEED, load=True)
