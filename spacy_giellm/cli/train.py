@@ -45,7 +45,10 @@ def train_cli(
 
         if not paths["train"]:
             raise ValueError(f"{config_path}: no training data: set paths.train (--paths.train TRAIN.jsonl)")
+        from ..training.parallel import leave_process_group
+
         manifest = train(paths["train"], paths["dev"], paths["output"], cfg)
+        leave_process_group()
         if manifest:
             typer.echo(
                 f"model: {manifest['model']} ({manifest['kind']}, {manifest['parameters']:,} parameters, "

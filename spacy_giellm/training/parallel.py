@@ -125,6 +125,19 @@ def join_process_group() -> None:
         dist.init_process_group("gloo", init_method=f"file://{path}", rank=int(os.environ["RANK"]), world_size=world)
 
 
+def leave_process_group() -> None:
+    """In a process `run_data_parallel` started, once its training is done
+    (no collective comes after): leave the group. A gloo group still alive
+    when the interpreter exits can end the process in std::terminate
+    (SIGABRT) after its model is written; seen once in a CI run."""
+    if not os.environ.get(RENDEZVOUS_ENV) or world_size() < 2:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 @contextmanager
 def first_process_first(cpu: bool) -> Iterator[None]:
     """The block runs in the first process of this machine, then in the
