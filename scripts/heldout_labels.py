@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
 
     heldout = dict(spec.split("=", 1) for spec in args.heldout)
-    annotations, report = read_corpus("jsonl", args.ner_jsonl)
+    annotations, _ = read_corpus("jsonl", args.ner_jsonl)
     if not annotations:
         raise SystemExit(f"{args.ner_jsonl}: no records")
     task_names = {a.task for a in annotations}

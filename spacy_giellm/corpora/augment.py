@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 from ..annotation import Annotation
 from ..format import to_pair
-from ..tasks import Task, WordLevel
+from ..tasks import Task, WordLevel, load_json_text
 
 LABEL_NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "label_names.json"
 
@@ -72,9 +72,10 @@ def load_label_names(path: Optional[Any] = None) -> Tuple[Dict[str, List[str]], 
     names of the public corpora's labels."""
     path = Path(path) if path is not None else LABEL_NAMES_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read label names: {err}") from err
+    data = load_json_text(text, f"{path}: label names")  # deep nesting named, not a RecursionError
     if not isinstance(data, dict):
         raise ValueError(f"{path}: label names are an object with 'names' and 'folds'")
     names = data.get("names", {})
