@@ -374,22 +374,34 @@ def test_lora_under_cpu_autocast_keeps_float32_adapters(tmp_path, sample_splits,
     assert weights and all(str(w.dtype) == "torch.float32" for w in weights.values())
 
 
-def test_train_command_restarts_with_passive_openmp(monkeypatch):
+def test_train_command_restarts_with_openmp_waiting_chosen_by_load(monkeypatch):
     import os
     import runpy
     import sys
 
     calls = []
     monkeypatch.setattr(os, "execv", lambda exe, argv: calls.append(argv))
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(sys, "argv", ["x", "train", "a.jsonl"])
     main = runpy.run_path(str(Path(__file__).parent.parent / "spacy_giellm" / "__main__.py"), run_name="not_main")
-    main["_passive_openmp_for_training"]()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and calls[0][-3:] == ["spacy_giellm", "train", "a.jsonl"]
+    # an idle machine: a short spin; a busy one: threads sleep while they wait
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    main["_openmp_waiting_for_training"]()
+    assert os.environ["GOMP_SPINCOUNT"] == main["SHORT_SPIN"] and "OMP_WAIT_POLICY" not in os.environ
+    assert calls[0][-3:] == ["spacy_giellm", "train", "a.jsonl"]
+    calls.clear()
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.3, 1.0, 1.0))
+    main["_openmp_waiting_for_training"]()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in os.environ and len(calls) == 1
     calls.clear()
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stays
-    main["_passive_openmp_for_training"]()
-    monkeypatch.setattr(sys, "argv", ["x", "bench"])
+    main["_openmp_waiting_for_training"]()
     monkeypatch.delenv("OMP_WAIT_POLICY")
-    main["_passive_openmp_for_training"]()  # other commands: untouched
-    assert calls == [] and "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setenv("GOMP_SPINCOUNT", "")  # even empty
+    main["_openmp_waiting_for_training"]()
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setattr(sys, "argv", ["x", "bench"])
+    main["_openmp_waiting_for_training"]()  # other commands: untouched
+    assert calls == [] and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ)
