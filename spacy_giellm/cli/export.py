@@ -41,7 +41,10 @@ def merge_cli(
 def export_gguf_cli(
     model_dir: Path = typer.Argument(..., help="Merged / full HF model dir, or a LoRA adapter dir (merged first)"),
     output_path: Path = typer.Argument(..., help="The .gguf file"),
-    outtype: str = typer.Option("f16", "--type", help="f32, f16, bf16, q8_0, or a llama.cpp quant type like Q4_K_M"),
+    outtype: str = typer.Option(
+        "auto", "--type",
+        help="auto (the fastest on this CPU: bf16 with native bf16, else q8_0), f32, f16, bf16, q8_0, "
+        "or a llama.cpp quant type like Q4_K_M"),
     verify_data: Optional[Path] = typer.Option(None, "--verify", help="Held-out JSONL: compare greedy outputs with the HF model"),
     verify_n: int = typer.Option(4, "--verify-n", help="Prompts per task to compare"),
     verify_tokens: int = typer.Option(48, "--verify-tokens", help="New tokens per compared prompt"),
@@ -53,9 +56,12 @@ def export_gguf_cli(
     next to the GGUF as <name>.verify.json. A LoRA adapter is merged into
     its base first, in a temporary directory (the base: as `merge`)."""
     with fail_cleanly(), _hf_model(model_dir, output_path, base_model) as hf_dir:
-        from ..training.export import export_gguf, verify_gguf
+        from ..training.export import AUTO_TYPE, export_gguf, fastest_weight_type, verify_gguf
         from ..util import atomic_write_json
 
+        if outtype.lower() == AUTO_TYPE:
+            outtype, why = fastest_weight_type()
+            typer.echo(f"--type auto: {outtype} ({why})")
         info = export_gguf(hf_dir, output_path, outtype)
         typer.echo(f"wrote {info['gguf']} ({info['bytes']:,} bytes, {outtype}) in {info['seconds']} s")
         if verify_data is not None:
