@@ -56,7 +56,7 @@ def test_bench_reports_all_fields(tiny_model_dir, tiny_gguf):
     cfg = BenchConfig(model=str(tiny_model_dir), gguf=str(tiny_gguf), n=4, batch_size=4, max_new_tokens=4, repeat=1)
     results = run_bench(cfg)
     assert set(results["backends"]) == {"hf", "gguf"}
-    # llama.cpp's default n_parallel (8) within the component's batches of 4:
+    # llama.cpp's default n_parallel (32) within the component's batches of 4:
     # 4 decode together, and that is what is reported
     assert results["backends"]["gguf"]["parallel"] == 4
     assert results["backends"]["hf"]["parallel"] == 4  # the HF batch: the component's
@@ -136,3 +136,20 @@ def test_bench_command_builds_the_tiny_model(tmp_path):
     assert CliRunner().invoke(app, ["bench", "--step", "nap"]).exit_code == 1
     bad = CliRunner().invoke(app, ["bench", "--backend", "tpu"])
     assert bad.exit_code == 1 and "unknown --backend" in bad.output
+
+
+def test_each_setting_is_shown_as_a_share_of_the_kernel_ceiling():
+    from spacy_giellm.bench.measure import kernel_shares
+    from spacy_giellm.bench.run import format_table
+
+    figures = {"kernel_limit_docs_per_s": 10.0, "component_docs_per_s": 5.0, "docs_per_s_parallel_1": 2.0,
+               "compute_limit_docs_per_s": 20.0, "ginza_full_docs_per_s": 3.0, "batch_speedup": 2.0,
+               "constrained_docs_per_s": None}
+    shares = kernel_shares(figures)
+    assert shares == {"component_docs_per_s": 0.5, "docs_per_s_parallel_1": 0.2}
+    assert kernel_shares({"component_docs_per_s": 5.0}) is None
+    table = format_table({"backends": {"gguf": {**figures, "share_of_kernel_limit_by_figure": shares}},
+                          "machine": {"cpu": "x", "cpus": 2}})
+    line = next(row for row in table.splitlines() if row.startswith("component_docs_per_s "))
+    assert "5 (50%)" in line and "share of the kernel ceiling" in line
+    assert "%" not in next(row for row in table.splitlines() if row.startswith("batch_speedup "))

@@ -14,6 +14,18 @@ from .inputs import gold_outputs, load_texts
 Clock = Callable[[], float]
 
 
+def kernel_shares(figures: Dict[str, Any]) -> Optional[Dict[str, float]]:
+    """Each docs/s figure of one decoding setting (component, bare backend,
+    1 / 4 / 8 decoding together, constrained...) as a share of the
+    kernels' ceiling (`kernel_limit_docs_per_s`); None without it."""
+    limit = figures.get("kernel_limit_docs_per_s")
+    if not limit:
+        return None
+    return {key: value / limit for key, value in figures.items()
+            if "docs_per_s" in key and "limit" not in key and not key.startswith("ginza")
+            and isinstance(value, (int, float))}
+
+
 def best(fn: Callable[[], Any], repeat: int, clock: Clock = time.perf_counter) -> Tuple[float, Any]:
     """(best time of `repeat` runs of `fn`, its last result)."""
     best_time, result = float("inf"), None
@@ -408,6 +420,7 @@ def bench_backend(kind: str, cfg: BenchConfig, model_dir: Optional[str], gguf_pa
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if "limits" in steps:
             out.update(run.limits(gguf_path, out["component_docs_per_s"]))
+            out["share_of_kernel_limit_by_figure"] = kernel_shares(out)
         if "ginza" in steps:
             out.update(run.ginza())
         for key, _ in FIELDS:  # every figure, None where not measured

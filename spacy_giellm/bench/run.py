@@ -105,7 +105,13 @@ def format_table(results: Dict[str, Any]) -> str:
     kinds = list(results["backends"])
     rows = [("figure", *kinds, "meaning")]
     for key, meaning in FIELDS:
-        rows.append((key, *(_fmt(results["backends"][k].get(key)) for k in kinds), meaning))
+        cells = []
+        for k in kinds:
+            figures = results["backends"][k]
+            cell = _fmt(figures.get(key))
+            share = (figures.get("share_of_kernel_limit_by_figure") or {}).get(key)
+            cells.append(cell if share is None else f"{cell} ({share:.0%})")
+        rows.append((key, *cells, meaning if not any("%" in c for c in cells) else meaning + " (share of the kernel ceiling)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for r in rows:
