@@ -258,14 +258,22 @@ def _in_text(span: str, text: Optional[str]) -> bool:
 def _parse_pairs(
     rest: str, wl: WordLevel, task: Task, text: Optional[str], problems: List[str]
 ) -> List[Tuple[str, str]]:
+    return [(label, span) for _, label, span in _pair_pieces(rest, wl, task, text, problems, last=True)]
+
+
+def _pair_pieces(
+    rest: str, wl: WordLevel, task: Task, text: Optional[str], problems: List[str], last: bool
+) -> List[Tuple[int, str, str]]:
+    """(where in `rest` the piece starts, label, span) of each pair piece;
+    without `last`, the last piece is left out (its span may still grow)."""
     anchors = list(_pair_anchor(wl.labels, task.fullwidth_delimiters).finditer(rest))
     if not anchors:
         problems.append(f"no {wl.kind} piece found in {rest[:40]!r}")
         return []
     if anchors[0].start() > 0:
         problems.append(f"dropped text before the first piece: {rest[: anchors[0].start()][:40]!r}")
-    items: List[Tuple[str, str]] = []
-    for i, anchor in enumerate(anchors):
+    items: List[Tuple[int, str, str]] = []
+    for i, anchor in enumerate(anchors if last else anchors[:-1]):
         end = anchors[i + 1].start() if i + 1 < len(anchors) else len(rest)
         span = rest[anchor.end() : end]
         if wl.labels and not _in_text(span, text):
@@ -277,8 +285,27 @@ def _parse_pairs(
         if not span:
             problems.append(f"empty span for label {anchor.group(1)!r}")
             continue
-        items.append((anchor.group(1), span))
+        items.append((anchor.start(), anchor.group(1), span))
     return items
+
+
+def complete_pair_pieces(output: str, task: Task, text: Optional[str] = None) -> List[Tuple[int, str, str]]:
+    """The pair pieces (entities, sentiment words) of an output still being
+    generated, each as (where it starts in `output`, label, span), the span
+    as `parse_output` reads it: every piece but the last, whose span may
+    still grow. Empty for outputs without pair pieces (relations, events,
+    no instruction word yet)."""
+    if not isinstance(output, str):
+        return []
+    problems: List[str] = []
+    rest = _parse_text_label(output.strip(), task, Annotation(task=task.name), problems)
+    wl, rest = _parse_instruction(rest, task, Annotation(task=task.name), problems)
+    rest = rest.strip()
+    if wl is None or not wl.is_pair or not rest:
+        return []
+    # `rest` ends where the stripped output does (it is a suffix of it)
+    offset = len(output.rstrip()) - len(rest)
+    return [(offset + start, label, span) for start, label, span in _pair_pieces(rest, wl, task, text, problems, last=False)]
 
 
 def _split_fields(part: str, count: int, semi: str, text: Optional[str]) -> Optional[List[str]]:

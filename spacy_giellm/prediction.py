@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Sequence
 
 from .align import StringLocator
 from .annotation import Annotation, Mention, Relation
-from .format import ParseResult
+from .format import ParseResult, complete_pair_pieces
+from .tasks import Task
 
 
 @dataclass
@@ -76,3 +77,38 @@ class DocPrediction:
                 votes[part.parse.annotation.label] += len(part.text)
         total = sum(votes.values())
         return {label: (votes[label] / total if total else 0.0) for label in labels}
+
+
+class LoopStop:
+    """Where an output still being generated starts to loop: its first pair
+    piece that `DocPrediction.add` could not place in the text (each
+    occurrence of a string holds one mention, so a string written more often
+    than the text holds it is dropped) and that repeats an earlier piece,
+    label and span. An undertrained model writes such a piece again and
+    again until `max_new_tokens`; decoding can end the sequence there, as
+    nothing in it would reach the Doc, unless the model went on to new
+    pieces after repeating one (which the measurement in
+    benchmarks/decoding-speed.md counts).
+
+    The pieces are placed with `DocPrediction.add`'s own locator, in the
+    same order, so "could not place" is exactly what the component
+    decides. Relations and events are never stopped at: their arguments are
+    placed anywhere, so a repeated one is not dropped."""
+
+    def __init__(self, task: Task, text: str) -> None:
+        self.task, self.text = task, text
+        self._locator = StringLocator(text)
+        self._seen: set = set()
+        self._checked = 0  # complete pieces looked at so far
+
+    def check(self, output: str) -> Optional[int]:
+        """Where (a character offset in `output`) its first looping piece
+        starts, or None. Call it with the output as it grows: each complete
+        piece is looked at once."""
+        pieces = complete_pair_pieces(output, self.task, self.text)
+        for start, label, span in pieces[self._checked :]:
+            self._checked += 1
+            if self._locator.locate(span) is None and (label, span) in self._seen:
+                return start
+            self._seen.add((label, span))
+        return None

@@ -32,8 +32,11 @@ def hf(tiny_model_dir):
 def gguf(tiny_gguf):
     from spacy_giellm.backends.llamacpp import make_llamacpp_backend
 
+    # flash attention off: these tests compare numbers with transformers' and
+    # across batch layouts to 1e-5; the F16 flash-attention kernels round
+    # differently in each layout (test_flash_attention_...)
     backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=512, max_new_tokens=20, n_threads=1,
-                                    n_parallel=4, task="scnm").load()
+                                    n_parallel=4, task="scnm", flash_attn=False).load()
     yield backend
     backend.close()
 
@@ -154,7 +157,7 @@ def test_component_cats_are_label_probabilities(tiny_model_dir, nlp):
 def test_parallel_sequences_give_the_one_at_a_time_outputs(tiny_gguf):
     from spacy_giellm.backends.llamacpp import make_llamacpp_backend
 
-    # n_ctx 96: two or three prompts at a time, freed cells reused for the next
+    # n_ctx 96: the KV cache grows to hold n_parallel prompts' worst case
     backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=96, max_new_tokens=16, n_threads=1,
                                     task="scnm").load()
     try:
@@ -348,6 +351,52 @@ def test_constrained_needs_a_task(tiny_model_dir):
     backend = make_hf_backend(model=str(tiny_model_dir), device="cpu", max_new_tokens=2, constrained=True)
     with pytest.raises(ValueError, match="needs a task"):
         backend.generate(PROMPTS[:1])
+
+
+def test_streams_per_sequence_give_the_unified_outputs_and_scores(gguf):
+    """kv_unified = false (scripts/bench_kv_streams.py): each sequence
+    attends to its own KV stream, and a multi-token label candidate is
+    scored in a copy of its prompt's whole stream; outputs and label scores
+    are the unified cache's."""
+    import numpy as np
+
+    from spacy_giellm.backends.llamacpp_batch import SequenceBatcher
+
+    tokens = gguf._prompt_ids(PROMPTS * 2)
+    cand = [gguf._candidate_ids(c) for c in CANDIDATES + ["<良い知らせ>", "<悪い知らせ>"]]
+    assert any(len(ids) > 1 for ids in cand)  # scratch copies are used
+    per = 1 + sum(len(ids) > 1 for ids in cand)
+    pick = lambda k, logits: int(np.argmax(logits))  # noqa: E731
+    results = {}
+    for unified in (True, False):
+        engine = SequenceBatcher(gguf.llama, n_ctx=256, n_seq=3 * per, n_threads=1, kv_unified=unified)
+        try:
+            results[unified] = engine.generate(tokens, 12, lambda t: False, pick, candidates=cand)
+        finally:
+            engine.close()
+    assert results[False][0] == results[True][0]
+    for row, expected in zip(results[False][1], results[True][1]):
+        assert row == pytest.approx(expected, rel=1e-5, abs=1e-4)  # summed log-probabilities, float rounding
+
+
+def test_the_kv_cache_grows_to_hold_n_parallel_worst_cases(tiny_gguf):
+    """n_ctx is each prompt's limit; the cache holds n_parallel prompts and
+    their max_new_tokens, so that they can decode together."""
+    from spacy_giellm.backends.llamacpp import make_llamacpp_backend
+
+    backend = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=64, max_new_tokens=16, n_threads=1,
+                                    n_parallel=8).load()
+    try:
+        prompts = PROMPTS[:8]
+        longest = max(len(backend.encode_prompt(p)) for p in prompts)
+        backend.generate(prompts)
+        engine = backend._engine_
+        assert engine.n_ctx >= 8 * min(64, longest + 16) > 64 and engine.n_seq >= 8
+        assert engine.flash_attn  # the default
+        backend.generate(prompts[:1])  # a smaller call keeps the context
+        assert backend._engine_ is engine
+    finally:
+        backend.close()
 
 
 def test_generate_scored_gives_both_from_one_prompt_pass(gguf, hf):
@@ -648,3 +697,22 @@ def test_hf_allowed_head_on_gemma3(tiny_gemma_dir, task, monkeypatch):
     assert hf_decode.body_and_head(backend.model) is not None
     assert backend.generate_ids(prompts) == masked
     assert any(len(out) > 3 for out in masked)
+
+
+def test_flash_attention_scores_stay_close_to_the_plain_kernels(tiny_gguf, gguf):
+    """The default (flash_attn) rounds attention in F16 differently from
+    the plain kernels: label probabilities stay within 1e-3 of theirs, and
+    greedy outputs on the tiny model are the same."""
+    from spacy_giellm.backends.llamacpp import make_llamacpp_backend
+
+    flash = make_llamacpp_backend(model_path=str(tiny_gguf), n_ctx=512, max_new_tokens=20, n_threads=1,
+                                  n_parallel=4, task="scnm").load()
+    try:
+        assert flash.flash_attn and not gguf.flash_attn
+        outputs, rows = flash.generate_scored(PROMPTS, CANDIDATES)
+        plain_outputs, plain_rows = gguf.generate_scored(PROMPTS, CANDIDATES)
+        assert outputs == plain_outputs
+        for row, plain in zip(rows, plain_rows, strict=True):
+            assert [row[c] for c in CANDIDATES] == pytest.approx([plain[c] for c in CANDIDATES], abs=1e-3)
+    finally:
+        flash.close()

@@ -87,7 +87,7 @@ def test_reconfigure_keeps_the_model_unless_loading_depends_on_the_change(tiny_g
         with backend.configured(n_parallel=1, constrained=True):
             assert backend.is_loaded and (backend.n_parallel, backend.constrained) == (1, True)
             backend.generate(PROMPTS)
-        assert (backend.n_parallel, backend.constrained) == (8, False)
+        assert (backend.n_parallel, backend.constrained) == (32, False)
         with pytest.raises(RuntimeError):
             with backend.configured(max_new_tokens=2):
                 raise RuntimeError("inside")

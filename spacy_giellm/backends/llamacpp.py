@@ -133,11 +133,13 @@ class LlamaCppBackend(LocalModelBackend):
         max_new_tokens: int = 256,
         seed: int = 0,
         verbose: bool = False,
-        n_parallel: int = 8,
+        n_parallel: int = 32,
         constrained: bool = False,
         task: Optional[Any] = None,
         prompt_lookup: int = 0,
         jump_forward: bool = True,
+        stop_loops: bool = True,
+        flash_attn: bool = True,
     ) -> None:
         self._configure_from(locals())  # LlamaCppSettings validates
 
@@ -146,7 +148,7 @@ class LlamaCppBackend(LocalModelBackend):
         self._llm: Any = None
         self._engine_: Any = None
         self._unload()
-        self._stats: Dict[str, int] = {"steps": 0, "drafted": 0, "kept": 0, "jumped": 0}
+        self._stats: Dict[str, int] = {"steps": 0, "drafted": 0, "kept": 0, "jumped": 0, "loops_stopped": 0}
         if task is not None:
             self.bind_task(task)
 
@@ -158,6 +160,7 @@ class LlamaCppBackend(LocalModelBackend):
         self._eog: Set[int] = set()
         self._skip: Set[int] = set()
         self._byte: Set[int] = set()
+        self._pieces: Dict[int, bytes] = {}
         self._strip_leading_space = False
 
     llama = loaded_attribute("_llm", "The underlying `llama_cpp.Llama` (loads if needed).")
@@ -281,16 +284,22 @@ class LlamaCppBackend(LocalModelBackend):
         return sum(len(label_marker(label).encode("utf-8")) for label in self.task.text_labels)
 
     def _piece(self, token: int) -> bytes:
-        import llama_cpp
+        piece = self._pieces.get(token)
+        if piece is None:
+            import llama_cpp
 
-        vocab = self._llm._model.vocab
-        size = 64
-        while True:
-            buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_token_to_piece(vocab, llama_cpp.llama_token(token), buf, size, 0, False)
-            if n >= 0:
-                return buf.raw[:n]
-            size = -n + 1
+            vocab = self._llm._model.vocab
+            size = 64
+            while True:
+                buf = ctypes.create_string_buffer(size)
+                n = llama_cpp.llama_token_to_piece(vocab, llama_cpp.llama_token(token), buf, size, 0, False)
+                if n >= 0:
+                    piece = buf.raw[:n]
+                    break
+                size = -n + 1
+            # decoding the outputs as they grow (the loop stop) asks again
+            self._pieces[token] = piece
+        return piece
 
     def decode(self, ids: Sequence[int]) -> str:
         """Decode generated ids like transformers' decode(skip_special_tokens=True)."""
@@ -328,24 +337,39 @@ class LlamaCppBackend(LocalModelBackend):
 
     # --------------------------------------------------------------- generation
 
-    def _engine(self, n_seq: int):
-        """The decoding context, with room for at least `n_seq` sequences."""
+    def _engine(self, n_seq: int, cells: int = 0):
+        """The decoding context, with room for at least `n_seq` sequences
+        and `cells` KV cells (at least n_ctx); a larger one is made when a
+        call needs it, never a smaller one."""
         from .llamacpp_batch import SequenceBatcher
 
         self.load()
-        if self._engine_ is None or self._engine_.n_seq < n_seq:
-            if self._engine_ is not None:
-                self._engine_.close()
+        cells = max(self.n_ctx, cells)
+        engine = self._engine_
+        if engine is None or engine.n_seq < n_seq or engine.n_ctx < cells:
+            if engine is not None:
+                n_seq, cells = max(n_seq, engine.n_seq), max(cells, engine.n_ctx)
+                engine.close()
+                self._engine_ = None
             n_threads = self.n_threads if self.n_threads else default_threads()
-            self._engine_ = SequenceBatcher(self._llm, n_ctx=self.n_ctx, n_seq=n_seq, n_threads=n_threads)
+            self._engine_ = SequenceBatcher(self._llm, n_ctx=cells, n_seq=n_seq, n_threads=n_threads,
+                                            flash_attn=self.flash_attn)
         return self._engine_
 
-    def _engine_for(self, cand_ids: List[List[int]]):
+    def _engine_for(self, cand_ids: List[List[int]], tokens: Sequence[Sequence[int]] = ()):
         """The decoding context for n_parallel prompts, each with a scratch
-        sequence per multi-token candidate (as many as llama.cpp allows)."""
+        sequence per multi-token candidate (as many as llama.cpp allows),
+        and KV cells for the worst case of the n_parallel longest `tokens`
+        (prompts) decoding together: each reserves its prompt and
+        max_new_tokens (or its candidates' scratch tokens, the larger).
+        n_ctx alone would hold n_ctx / (prompt + max_new_tokens) of them."""
         per = 1 + sum(len(ids) > 1 for ids in cand_ids)
         # every sequence needs a KV cell: no more of them than n_ctx
-        return self._engine(max(per, min(self.n_parallel * per, _max_sequences(), self.n_ctx)))
+        n_seq = max(per, min(self.n_parallel * per, _max_sequences(), self.n_ctx))
+        extra = sum(len(ids) - 1 for ids in cand_ids if len(ids) > 1)
+        longest = sorted((len(t) for t in tokens), reverse=True)[: max(1, n_seq // per)]
+        cells = sum(min(self.n_ctx, n + max(self.max_new_tokens, extra)) for n in longest)
+        return self._engine(n_seq, -(-cells // 256) * 256)
 
     def _picker(self, prompts: Sequence[str]):
         """(pick, jump): pick(k, logits) -> the greedy next token of prompt k;
@@ -409,11 +433,55 @@ class LlamaCppBackend(LocalModelBackend):
             return [], ([] if cand_ids is not None else None)
         self.load()
         tokens = self._prompt_ids(prompts)
-        engine = self._engine_for(cand_ids or [])
+        engine = self._engine_for(cand_ids or [], tokens)
         draft = PromptLookup(tokens, self.prompt_lookup) if self.prompt_lookup else None
         pick, jump = self._picker(prompts)
         return engine.generate(tokens, self.max_new_tokens, self._eog.__contains__, pick, parallel=self.n_parallel,
-                               candidates=cand_ids, draft=draft, stats=self._stats, jump=jump)
+                               candidates=cand_ids, draft=draft, stats=self._stats, jump=jump,
+                               stop=self._loop_stopper(prompts))
+
+    def _loop_stopper(self, prompts: Sequence[str]):
+        """stop(k, tokens) for `SequenceBatcher.generate`: None while prompt
+        k's output goes on, else how many of its tokens to keep: those
+        before its first looping piece (`prediction.LoopStop`). None (no
+        stopping) without `stop_loops` or a bound task; a prompt not in the
+        task's form is never stopped."""
+        if not self.stop_loops or self.task is None:
+            return None
+        from ..format import parse_input
+        from ..prediction import LoopStop
+
+        watchers: List[Optional[LoopStop]] = []
+        for prompt in prompts:
+            try:
+                watchers.append(LoopStop(self.task, parse_input(prompt, self.task)[0]))
+            except ValueError:
+                watchers.append(None)
+        looked = [0] * len(prompts)  # tokens looked at per prompt
+
+        def stop(k: int, tokens: List[int]) -> Optional[int]:
+            watcher, new = watchers[k], tokens[looked[k]:]
+            looked[k] = len(tokens)
+            # a piece is complete once the next one's `:label;` follows it:
+            # look only when a token holds a `;` (or the last byte of `；`)
+            if watcher is None or not any(b";" in self._piece(t) or b"\x9b" in self._piece(t) for t in new):
+                return None
+            output = self.decode(tokens)
+            cut = watcher.check(output)
+            if cut is None:
+                return None
+            # the tokens that decode to exactly the output before the piece;
+            # where a token straddles its start, decoding goes on
+            for n in range(len(tokens), -1, -1):
+                text = self.decode(tokens[:n])
+                if len(text) <= cut:
+                    if text != output[:cut]:
+                        return None
+                    self._stats["loops_stopped"] += 1
+                    return n
+            return None
+
+        return stop
 
     def token_pass_seconds(self, n_tokens: int = 256) -> Dict[str, float]:
         """Seconds per token of one pass over `n_tokens` tokens of one
@@ -431,7 +499,7 @@ class LlamaCppBackend(LocalModelBackend):
         since the last reset."""
         stats = dict(self._stats)
         if reset:
-            self._stats.update(steps=0, drafted=0, kept=0, jumped=0)
+            self._stats.update(steps=0, drafted=0, kept=0, jumped=0, loops_stopped=0)
         return stats
 
     def generate_ids(self, prompts: Sequence[str]) -> List[List[int]]:
@@ -459,7 +527,8 @@ class LlamaCppBackend(LocalModelBackend):
         once, up to n_parallel together; a candidate of several tokens
         continues a copy of its prompt's KV cells (`llama_memory_seq_cp`)."""
         self.load()
-        return self._engine_for(cand_ids).score(self._prompt_ids(prompts), cand_ids)
+        tokens = self._prompt_ids(prompts)
+        return self._engine_for(cand_ids, tokens).score(tokens, cand_ids)
 
     # ------------------------------------------------------ response cache
 

@@ -54,6 +54,9 @@ Drafter = Callable[[int, List[int]], Sequence[int]]
 # jump(prompt index, at most) -> the tokens that must come next (the picker's
 # constraint state moves past them)
 Jumper = Callable[[int, int], List[int]]
+# stop(prompt index, tokens generated so far) -> None to go on, or how many
+# of the tokens to keep, ending the sequence
+Stopper = Callable[[int, List[int]], Optional[int]]
 
 
 def _log_softmax_rows(logits, tokens: Sequence[int]) -> List[float]:
@@ -66,8 +69,15 @@ def _log_softmax_rows(logits, tokens: Sequence[int]) -> List[float]:
 
 
 class SequenceBatcher:
-    def __init__(self, model: Any, n_ctx: int, n_seq: int, n_threads: int, n_batch: int = 512) -> None:
-        """`model`: a `llama_cpp.Llama`; the new context shares its weights."""
+    def __init__(self, model: Any, n_ctx: int, n_seq: int, n_threads: int, n_batch: int = 512,
+                 kv_unified: bool = True, flash_attn: bool = False) -> None:
+        """`model`: a `llama_cpp.Llama`; the new context shares its weights.
+
+        `kv_unified`: one KV cache of `n_ctx` cells that all sequences share
+        (each row's attention spans every sequence's cells, masked), or a
+        stream of `n_ctx` cells per sequence (each row attends to its own
+        cells only; llama.cpp then splits a call into parts holding equally
+        many tokens of each sequence)."""
         import llama_cpp
 
         if n_seq < 1:
@@ -84,11 +94,15 @@ class SequenceBatcher:
         # the model's own context settings (rope, attention kernels...), so
         # that both contexts compute the same numbers
         params = type(model.context_params).from_buffer_copy(model.context_params)
-        params.n_ctx = self.n_ctx
+        self.kv_unified = bool(kv_unified)
+        # per-sequence streams: llama.cpp gives each n_ctx / n_seq_max cells
+        params.n_ctx = self.n_ctx if self.kv_unified else self.n_ctx * self.n_seq
         params.n_batch = self.n_batch
         params.n_ubatch = self.n_batch
         params.n_seq_max = self.n_seq
-        params.kv_unified = True
+        params.kv_unified = self.kv_unified
+        self.flash_attn = bool(flash_attn)
+        params.flash_attn_type = 1 if self.flash_attn else 0  # LLAMA_FLASH_ATTN_TYPE_ENABLED / _DISABLED
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.no_perf = True
@@ -155,6 +169,7 @@ class SequenceBatcher:
         draft: Optional[Drafter] = None,
         stats: Optional[Dict[str, int]] = None,
         jump: Optional[Jumper] = None,
+        stop: Optional[Stopper] = None,
     ) -> Tuple[List[List[int]], Optional[List[List[float]]]]:
         """Greedy new tokens per prompt (ending token excluded), and with
         `candidates` each candidate's summed log-probability after the prompt.
@@ -179,7 +194,11 @@ class SequenceBatcher:
         `jump(k, at_most)` gives the tokens that must follow prompt k's
         output so far (see the module docstring); they are appended without
         logits. Without candidates, the ones that open the output are fed
-        with the prompt."""
+        with the prompt.
+
+        `stop(k, generated)`, asked after each picked token, may end prompt
+        k's sequence early, keeping the first tokens it says (the loop
+        stop); its row goes to the next prompt."""
         if parallel is not None and parallel < 1:
             raise ValueError(f"parallel (n_parallel) must be >= 1, got {parallel}")
         if max_new_tokens < 1:
@@ -207,7 +226,9 @@ class SequenceBatcher:
         free_seqs = list(range(n_gen))
         active: Dict[int, Tuple[int, int]] = {}  # seq -> (prompt index, next pos)
         reserved: Dict[int, int] = {}  # seq -> cells reserved
-        budget_left = self.n_ctx
+        # cells left in a unified cache; with a stream per sequence each has
+        # n_ctx of its own, so only `need <= n_ctx` (below) limits admission
+        budget_left = self.n_ctx if self.kv_unified else self.n_ctx * self.n_seq
         next_token: Dict[int, int] = {}
 
         def first(seq: int, logits) -> None:
@@ -230,6 +251,10 @@ class SequenceBatcher:
                 if not done:
                     results[k].append(token)
                     done = len(results[k]) >= max_new_tokens or pos + 1 >= self.n_ctx or pos + 1 >= len(prompts[k]) + reserved[seq]
+                    keep = stop(k, results[k]) if stop is not None else None
+                    if keep is not None:
+                        del results[k][keep:]
+                        done = True
                 forced: List[int] = []
                 if not done and jump is not None:
                     # as greedy would append them one by one: up to the

@@ -157,19 +157,26 @@ class LlamaCppSettings(BackendSettings):
     verbose: bool = setting(False, SPEED, load=True)
     # sequences decoding in one batch: batched matmuls round otherwise
     # (near-ties can flip)
-    n_parallel: int = setting(8, OUTPUTS)
+    n_parallel: int = setting(32, OUTPUTS)
     # keeps every output to the task's format
     constrained: bool = setting(False, OUTPUTS)
     # drafted tokens verified in multi-token batches: float rounding
     prompt_lookup: int = setting(0, OUTPUTS)
     # forced tokens fed without a decoding step each: float rounding
     jump_forward: bool = setting(True, OUTPUTS)
+    # ends an output at its first piece that repeats an earlier one and
+    # cannot be placed in the text (prediction.LoopStop): a shorter output
+    stop_loops: bool = setting(True, OUTPUTS)
+    # llama.cpp's flash-attention kernels: other float rounding
+    flash_attn: bool = setting(True, OUTPUTS, load=True)
 
     def validate(self) -> None:
         if not self.model_path:
             raise ValueError("giellm.LlamaCpp.v1: 'model_path' must be the path of a .gguf file")
         self._set("model_path", str(self.model_path))
         self._set("jump_forward", bool(self.jump_forward))
+        self._set("stop_loops", bool(self.stop_loops))
+        self._set("flash_attn", bool(self.flash_attn))
         self._positive("max_new_tokens", "n_ctx", "n_parallel")
         if self.prompt_lookup < 0:
             raise ValueError(f"giellm.LlamaCpp.v1: prompt_lookup must be >= 0, got {self.prompt_lookup}")

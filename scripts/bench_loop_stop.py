@@ -1,0 +1,88 @@
+"""The loop stop (`stop_loops`, llama.cpp), off against on, interleaved:
+docs/s of the giellm component on ja_ginza docs, and whether the Docs'
+annotations are the same.
+
+    python scripts/bench_loop_stop.py MODEL.gguf TEST.jsonl --task TASK.json [--n 100] [--rounds 2]
+        [--max-new-tokens 96] [--threads 2] [--json out.json]
+
+TEST.jsonl: converted records (their "input" texts are re-read through the
+task; only the text is used). Each round runs both settings over the same
+docs, one after the other (the order alternates between rounds), timing
+`nlp.pipe` on Docs already tokenized by ja_ginza (the tokenizer is not
+timed). The annotations compared per doc: doc.ents (label, start, end),
+doc.cats, and every span group and relation/event extension the component
+wrote.
+"""
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import spacy
+
+from spacy_giellm.component import add_giellm
+from spacy_giellm.docs import TUPLE_KINDS, get_tuples
+from spacy_giellm.format import parse_input
+from spacy_giellm.tasks import load_task_file
+
+
+def annotations(doc):
+    spans = {key: [(s.label_, s.start, s.end) for s in group] for key, group in doc.spans.items()}
+    tuples = {kind: get_tuples(doc, kind) for kind in TUPLE_KINDS}
+    return {"ents": [(e.label_, e.start, e.end) for e in doc.ents], "cats": doc.cats, "spans": spans, **tuples}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("test", type=Path)
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    task = load_task_file(args.task)
+    texts = []
+    for line in args.test.read_text(encoding="utf-8").splitlines()[: args.n]:
+        texts.append(parse_input(json.loads(line)["input"], task)[0])
+    tokenizer = spacy.load("ja_ginza")
+    docs = [tokenizer.make_doc(t) for t in texts]
+    pipes = {}
+    for stop in (False, True):
+        nlp = spacy.blank("ja")
+        backend = {"@giellm_backends": "giellm.LlamaCpp.v1", "model_path": args.model, "n_threads": args.threads,
+                   "max_new_tokens": args.max_new_tokens, "stop_loops": stop}
+        add_giellm(nlp, task, backend, name="giellm")
+        list(nlp.pipe([d.copy() for d in docs[:2]]))  # load, warm up
+        pipes[stop] = nlp
+    seconds = {False: [], True: []}
+    results = {}
+    for r in range(args.rounds):
+        for stop in ((False, True) if r % 2 == 0 else (True, False)):
+            nlp = pipes[stop]
+            backend = nlp.get_pipe("giellm").backend
+            backend.decoding_stats(reset=True)
+            t = time.perf_counter()
+            out = list(nlp.pipe([d.copy() for d in docs]))
+            seconds[stop].append(time.perf_counter() - t)
+            results[stop] = ([annotations(d) for d in out], backend.decoding_stats())
+    same = sum(a == b for a, b in zip(results[False][0], results[True][0]))
+    report = {
+        "model": args.model, "docs": len(docs), "rounds": args.rounds,
+        "docs_per_s_off": [round(len(docs) / s, 2) for s in seconds[False]],
+        "docs_per_s_on": [round(len(docs) / s, 2) for s in seconds[True]],
+        "speedup_median": round(statistics.median(seconds[False]) / statistics.median(seconds[True]), 2),
+        "same_annotations": same,
+        "loops_stopped": results[True][1].get("loops_stopped"),
+        "differing": [i for i, (a, b) in enumerate(zip(results[False][0], results[True][0])) if a != b][:20],
+    }
+    print(json.dumps(report, ensure_ascii=False, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
