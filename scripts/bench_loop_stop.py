@@ -9,7 +9,8 @@ TEST.jsonl: converted records (their "input" texts are re-read through the
 task; only the text is used). Each round runs both settings over the same
 docs, one after the other (the order alternates between rounds), timing
 `nlp.pipe` on Docs already tokenized by ja_ginza (the tokenizer is not
-timed). The annotations compared per doc: doc.ents (label, start, end),
+timed). With `--parallel 1` each prompt decodes alone, so the outputs
+differ only where the stop cut them. The annotations compared per doc: doc.ents (label, start, end),
 doc.cats, and every span group and relation/event extension the component
 wrote.
 """
@@ -24,7 +25,7 @@ import spacy
 from spacy_giellm.component import add_giellm
 from spacy_giellm.docs import TUPLE_KINDS, get_tuples
 from spacy_giellm.format import parse_input
-from spacy_giellm.tasks import load_task_file
+from spacy_giellm.tasks import get_task, load_task_file
 
 
 def annotations(doc):
@@ -37,14 +38,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
     ap.add_argument("test", type=Path)
-    ap.add_argument("--task", required=True)
+    ap.add_argument("--task", required=True, help="built-in task name or task file")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parallel", type=int, help="n_parallel (default: the backend's); 1 compares the outputs "
+                    "without the float rounding a batch's changing layout brings")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    task = load_task_file(args.task)
+    task = load_task_file(args.task) if Path(args.task).is_file() else get_task(args.task)
     texts = []
     for line in args.test.read_text(encoding="utf-8").splitlines()[: args.n]:
         texts.append(parse_input(json.loads(line)["input"], task)[0])
@@ -55,6 +58,8 @@ def main() -> None:
         nlp = spacy.blank("ja")
         backend = {"@giellm_backends": "giellm.LlamaCpp.v1", "model_path": args.model, "n_threads": args.threads,
                    "max_new_tokens": args.max_new_tokens, "stop_loops": stop}
+        if args.parallel:
+            backend["n_parallel"] = args.parallel
         add_giellm(nlp, task, backend, name="giellm")
         list(nlp.pipe([d.copy() for d in docs[:2]]))  # load, warm up
         pipes[stop] = nlp

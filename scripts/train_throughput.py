@@ -5,7 +5,7 @@ machine hits both alike; then the dev loss of each path after the same
 training steps (the same sequences, hence the same real tokens).
 
     python scripts/train_throughput.py TRAIN.jsonl DEV.jsonl --base-model DIR \
-        --rounds 3 --steps 6 --dev-steps 30 --json out.json
+        --rounds 3 --steps 6 --dev-steps 30 [--dev-every 10] --json out.json
 
 Paths (extra `train` options; both default to the NER recipe: LoRA r 16,
 alpha 32, all linear layers, lr 5e-4, batch 8, max_length 256):
@@ -34,10 +34,11 @@ RECIPE = ["--lora-r", "16", "--lora-alpha", "32", "--lora-targets", "all-linear"
           "--batch-size", "8", "--max-length", "256", "--patience", "0", "--seed", "0"]
 
 
-def run(train: Path, dev: Path, base: str, steps: int, extra: list, with_dev: bool, env: dict) -> dict:
+def run(train: Path, dev: Path, base: str, steps: int, extra: list, with_dev: bool, env: dict,
+        every: int = 0) -> dict:
     with tempfile.TemporaryDirectory(prefix="giellm-throughput-") as out:
         cmd = [sys.executable, "-m", "spacy_giellm", "train", str(train)] + ([str(dev)] if with_dev else []) + [
-            "--output", out, "--base-model", base, "--max-steps", str(steps), "--eval-steps", str(steps),
+            "--output", out, "--base-model", base, "--max-steps", str(steps), "--eval-steps", str(every or steps),
             "--profile", *RECIPE, *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
         if proc.returncode != 0:
@@ -48,6 +49,7 @@ def run(train: Path, dev: Path, base: str, steps: int, extra: list, with_dev: bo
             "padding_share": p["padding_share"], "peak_rss_mb": p["peak_rss_mb"],
             "achieved_gflops": p["achieved_gflops"], "time_split": p["time_split"],
             "dev_loss": manifest["dev_loss"], "train_loss": manifest["train_loss"], "steps": manifest["steps"],
+            "dev_curve": manifest.get("dev_curve"), "real_tokens_per_step": p.get("real_tokens_per_step"),
             "threads": manifest.get("threads"), "command": " ".join(cmd[1:])}
 
 
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6, help="steps per throughput run (the first is not counted)")
     ap.add_argument("--dev-steps", type=int, default=30, help="steps before the dev loss (0: skip)")
+    ap.add_argument("--dev-every", type=int, default=0, help="the dev loss every this many steps (a curve; 0: once)")
     ap.add_argument("--old-args", default="--no-packing --no-autocast")
     ap.add_argument("--new-args", default="")
     ap.add_argument("--old-env", default="OMP_WAIT_POLICY=",
@@ -86,8 +89,8 @@ def main() -> None:
     report["speedup_per_round"] = [round(row["new"]["real_tokens_per_s"] / row["old"]["real_tokens_per_s"], 2)
                                    for row in report["rounds"]]
     if args.dev_steps:
-        report["dev"] = {name: run(args.train, args.dev, args.base_model, args.dev_steps, extra, True, envs[name])
-                         for name, extra in paths.items()}
+        report["dev"] = {name: run(args.train, args.dev, args.base_model, args.dev_steps, extra, True, envs[name],
+                                   args.dev_every) for name, extra in paths.items()}
     text = json.dumps(report, indent=2, ensure_ascii=False)
     print(text)
     if args.json:

@@ -80,35 +80,48 @@ class DocPrediction:
 
 
 class LoopStop:
-    """Where an output still being generated starts to loop: its first pair
-    piece that `DocPrediction.add` could not place in the text (each
-    occurrence of a string holds one mention, so a string written more often
-    than the text holds it is dropped) and that repeats an earlier piece,
-    label and span. An undertrained model writes such a piece again and
-    again until `max_new_tokens`; decoding can end the sequence there, as
-    nothing in it would reach the Doc, unless the model went on to new
-    pieces after repeating one (which the measurement in
-    benchmarks/decoding-speed.md counts).
+    """Where an output still being generated has started to loop: a run of
+    `RUN` pair pieces in a row that `DocPrediction.add` could not place in
+    the text (each occurrence of a string holds one mention, so a string
+    written more often than the text holds it is dropped), each repeating
+    an earlier piece, label and span. An undertrained model writes such
+    pieces again and again until `max_new_tokens`; decoding can end the
+    sequence before the run, as nothing in it would reach the Doc, unless
+    the model would have gone on to new pieces after it (the run of two
+    makes that rarer than stopping at the first repeat: a model that repeats
+    one piece and then writes new ones; benchmarks/decoding-speed.md counts
+    the Docs that differ).
 
     The pieces are placed with `DocPrediction.add`'s own locator, in the
     same order, so "could not place" is exactly what the component
     decides. Relations and events are never stopped at: their arguments are
     placed anywhere, so a repeated one is not dropped."""
 
+    RUN = 2
+
     def __init__(self, task: Task, text: str) -> None:
         self.task, self.text = task, text
         self._locator = StringLocator(text)
         self._seen: set = set()
         self._checked = 0  # complete pieces looked at so far
+        self._run_start: Optional[int] = None  # where the current run of unplaceable repeats starts
+        self._run = 0
 
     def check(self, output: str) -> Optional[int]:
-        """Where (a character offset in `output`) its first looping piece
-        starts, or None. Call it with the output as it grows: each complete
-        piece is looked at once."""
+        """Where (a character offset in `output`) the run of looping pieces
+        starts, once it is `RUN` long, else None. Call it with the output as
+        it grows: each complete piece is looked at once."""
         pieces = complete_pair_pieces(output, self.task, self.text)
         for start, label, span in pieces[self._checked :]:
             self._checked += 1
-            if self._locator.locate(span) is None and (label, span) in self._seen:
-                return start
+            placed = self._locator.locate(span) is not None
+            if placed:
+                self._run, self._run_start = 0, None
+            elif (label, span) in self._seen:
+                if self._run == 0:
+                    self._run_start = start
+                self._run += 1
+                if self._run >= self.RUN:
+                    return self._run_start
             self._seen.add((label, span))
         return None

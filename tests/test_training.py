@@ -128,6 +128,7 @@ def test_train_from_scratch_resume_evaluate_export(tmp_path, sample_splits):
     )
     first = train(root / "train.jsonl", root / "dev.jsonl", out, cfg)
     assert first["steps"] == 2 and first["resumed_from"] is None and first["dev_loss"] > 0
+    assert first["dev_curve"] == [[2, first["dev_loss"]]]  # every evaluation: step, loss
     assert json.loads((out / "manifest.json").read_text())["data"]["train"]["examples"] > 0
     assert (out / "model" / "model.safetensors").is_file()
     AutoModelForCausalLM.from_pretrained(str(out / "model"))

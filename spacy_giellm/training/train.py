@@ -463,6 +463,8 @@ def train(
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "train_loss": result.training_loss,
         "dev_loss": dev_loss,
+        # [step, dev loss] of every evaluation: the loss against training tokens
+        "dev_curve": [[h["step"], h["eval_loss"]] for h in trainer.state.log_history if "eval_loss" in h],
         "train_seconds_this_run": round(train_seconds, 1),
         "train_cpu_seconds_this_run": round(train_cpu, 1),
         "seconds_total_this_run": round(time.time() - t0, 1),
