@@ -164,13 +164,9 @@ def parse_output(output: str, task: Task, text: Optional[str] = None) -> ParseRe
     """Read a generated (or gold) output string. Never raises."""
     problems: List[str] = []
     ann = Annotation(text=text, task=task.name)
-    rest = output.strip() if isinstance(output, str) else ""
     if not isinstance(output, str):
         problems.append(f"output is not a string: {type(output).__name__}")
-
-    rest = _parse_text_label(rest, task, ann, problems)
-    wl, rest = _parse_instruction(rest, task, ann, problems)
-    rest = rest.strip()
+    wl, rest = _word_level_part(output if isinstance(output, str) else "", task, ann, problems)
     if wl is None:
         if rest:
             problems.append(f"dropped text after the output: {rest[:40]!r}")
@@ -184,6 +180,17 @@ def parse_output(output: str, task: Task, text: Optional[str] = None) -> ParseRe
         tuples = _parse_tuples(rest, wl, task, text, problems)
         setattr(ann, wl.kind, [Relation(label, args) for label, args in tuples])
     return ParseResult(ann, problems)
+
+
+def _word_level_part(
+    output: str, task: Task, ann: Annotation, problems: List[str]
+) -> Tuple[Optional[WordLevel], str]:
+    """(the word level, the pieces' part of `output`, stripped), with the
+    text label and the instruction read into `ann`. The part is a suffix of
+    `output.rstrip()`."""
+    rest = _parse_text_label(output.strip(), task, ann, problems)
+    wl, rest = _parse_instruction(rest, task, ann, problems)
+    return wl, rest.strip()
 
 
 def _parse_text_label(rest: str, task: Task, ann: Annotation, problems: List[str]) -> str:
@@ -298,9 +305,7 @@ def complete_pair_pieces(output: str, task: Task, text: Optional[str] = None) ->
     if not isinstance(output, str):
         return []
     problems: List[str] = []
-    rest = _parse_text_label(output.strip(), task, Annotation(task=task.name), problems)
-    wl, rest = _parse_instruction(rest, task, Annotation(task=task.name), problems)
-    rest = rest.strip()
+    wl, rest = _word_level_part(output, task, Annotation(task=task.name), problems)
     if wl is None or not wl.is_pair or not rest:
         return []
     # `rest` ends where the stripped output does (it is a suffix of it)

@@ -89,7 +89,7 @@ class LoopStop:
     sequence before the run, as nothing in it would reach the Doc, unless
     the model would have gone on to new pieces after it (the run of two
     makes that rarer than stopping at the first repeat: a model that repeats
-    one piece and then writes new ones; benchmarks/decoding-speed.md counts
+    one piece and then writes new ones; benchmarks/decoding-ceiling.md counts
     the Docs that differ).
 
     The pieces are placed with `DocPrediction.add`'s own locator, in the

@@ -118,7 +118,7 @@ def test_a_looping_tail_leaves_the_placed_mentions_unchanged(seed):
 def test_a_new_piece_after_a_run_of_repeats_is_lost():
     """The rule's limit, pinned: a model that repeats an unplaceable piece
     twice and then writes a new one loses the new one
-    (benchmarks/decoding-speed.md counts how often the Docs differ)."""
+    (benchmarks/decoding-ceiling.md counts how often the Docs differ)."""
     text = "日産と東京"
     output = f"{IW}:人名;田中" + ":人名;田中" * 2 + ":地名;東京:法人名;日産"
     cut = _first_loop(text, output)

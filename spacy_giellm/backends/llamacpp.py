@@ -443,7 +443,7 @@ class LlamaCppBackend(LocalModelBackend):
     def _loop_stopper(self, prompts: Sequence[str]):
         """stop(k, tokens) for `SequenceBatcher.generate`: None while prompt
         k's output goes on, else how many of its tokens to keep: those
-        before its first looping piece (`prediction.LoopStop`). None (no
+        before its run of looping pieces (`prediction.LoopStop`). None (no
         stopping) without `stop_loops` or a bound task; a prompt not in the
         task's form is never stopped."""
         if not self.stop_loops or self.task is None:
@@ -464,7 +464,7 @@ class LlamaCppBackend(LocalModelBackend):
             looked[k] = len(tokens)
             # a piece is complete once the next one's `:label;` follows it:
             # look only when a token holds a `;` (or the last byte of `；`)
-            if watcher is None or not any(b";" in self._piece(t) or b"\x9b" in self._piece(t) for t in new):
+            if watcher is None or not any(b";" in piece or b"\x9b" in piece for piece in map(self._piece, new)):
                 return None
             output = self.decode(tokens)
             cut = watcher.check(output)
@@ -499,7 +499,7 @@ class LlamaCppBackend(LocalModelBackend):
         since the last reset."""
         stats = dict(self._stats)
         if reset:
-            self._stats.update(steps=0, drafted=0, kept=0, jumped=0, loops_stopped=0)
+            self._stats.update(dict.fromkeys(self._stats, 0))
         return stats
 
     def generate_ids(self, prompts: Sequence[str]) -> List[List[int]]:

@@ -164,7 +164,7 @@ class LlamaCppSettings(BackendSettings):
     prompt_lookup: int = setting(0, OUTPUTS)
     # forced tokens fed without a decoding step each: float rounding
     jump_forward: bool = setting(True, OUTPUTS)
-    # ends an output at its first piece that repeats an earlier one and
+    # ends an output before a run of pieces that repeat earlier ones and
     # cannot be placed in the text (prediction.LoopStop): a shorter output
     stop_loops: bool = setting(True, OUTPUTS)
     # llama.cpp's flash-attention kernels: other float rounding

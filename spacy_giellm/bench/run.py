@@ -105,13 +105,14 @@ def format_table(results: Dict[str, Any]) -> str:
     kinds = list(results["backends"])
     rows = [("figure", *kinds, "meaning")]
     for key, meaning in FIELDS:
-        cells = []
+        cells, shown = [], False
         for k in kinds:
             figures = results["backends"][k]
             cell = _fmt(figures.get(key))
             share = (figures.get("share_of_kernel_limit_by_figure") or {}).get(key)
+            shown = shown or share is not None
             cells.append(cell if share is None else f"{cell} ({share:.0%})")
-        rows.append((key, *cells, meaning if not any("%" in c for c in cells) else meaning + " (share of the kernel ceiling)"))
+        rows.append((key, *cells, meaning + " (share of the kernel ceiling)" if shown else meaning))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for r in rows:
