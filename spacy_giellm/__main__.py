@@ -2,14 +2,16 @@
 import os
 import sys
 
+from spacy_giellm.util import busy_cores
+
 # libgomp's spin count before a waiting thread sleeps, where the machine is idle
 SHORT_SPIN = "10000"
 
 
-def openmp_waiting(load_1m: float) -> dict:
-    """The OpenMP variables `train` runs with, chosen by the 1-minute load
-    average before it starts (measured on a 2-core machine, s per step of
-    the NER recipe, benchmarks/training-throughput.md):
+def openmp_waiting(load: float) -> dict:
+    """The OpenMP variables `train` runs with, chosen by the cores busy
+    with other work when it starts (`busy_cores`; measured on a 2-core
+    machine, s per step of the NER recipe, benchmarks/training-throughput.md):
 
     | waiting          | idle machine | one busy process beside it |
     | ---------------- | -----------: | -------------------------: |
@@ -21,7 +23,7 @@ def openmp_waiting(load_1m: float) -> dict:
     for its partner takes the core the partner needs. Idle: a short spin,
     as waking a sleeping thread at every parallel region costs a quarter of
     the step; if load comes later it costs 1.4x PASSIVE's step, not 6x."""
-    if load_1m >= 0.5:
+    if load >= 0.5:
         return {"OMP_WAIT_POLICY": "PASSIVE"}
     return {"GOMP_SPINCOUNT": SHORT_SPIN}
 
@@ -34,11 +36,7 @@ def _openmp_waiting_for_training() -> None:
     llama.cpp's decoding, with its many short parallel regions, is left as
     it is."""
     if len(sys.argv) > 1 and sys.argv[1] == "train" and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):  # no load average (Windows)
-            load = 0.0
-        os.environ.update(openmp_waiting(load))
+        os.environ.update(openmp_waiting(busy_cores()))
         os.execv(sys.executable, [sys.executable, "-m", "spacy_giellm", *sys.argv[1:]])
 
 

@@ -26,6 +26,7 @@ import shutil
 import signal
 import stat
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -129,3 +130,29 @@ def signals_end_the_run() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def busy_cores(interval: float = 0.3) -> float:
+    """How many cores' worth of work other processes are doing now: the
+    busy share of all CPUs over `interval` seconds (/proc/stat) times their
+    number; where /proc/stat cannot be read, the 1-minute load average. Not
+    the load average first: it lags a minute, so a run started just after
+    another job would read the finished job as load."""
+    def sample():
+        with open("/proc/stat", encoding="ascii") as f:
+            lines = f.read().splitlines()
+        fields = [int(x) for x in lines[0].split()[1:9]]  # all CPUs: user ... steal
+        cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+        return sum(fields), fields[3] + fields[4], cpus  # idle + iowait
+
+    try:
+        total0, idle0, cpus = sample()
+        time.sleep(interval)
+        total1, idle1, _ = sample()
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average (Windows)
+            return 0.0
+    ticks = total1 - total0
+    return cpus * (ticks - (idle1 - idle0)) / ticks if ticks > 0 else 0.0

@@ -603,10 +603,7 @@ def test_default_threads_leave_out_the_busy_cores(monkeypatch, cores, load, expe
     from spacy_giellm.backends import llamacpp
 
     monkeypatch.setattr(llamacpp, "physical_cores", lambda: cores)
-    if load is None:
-        monkeypatch.delattr(os, "getloadavg")
-    else:
-        monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(llamacpp, "busy_cores", lambda: 0.0 if load is None else load)
     llamacpp.default_threads.cache_clear()
     try:
         assert llamacpp.default_threads() == expected

@@ -375,6 +375,20 @@ def test_lora_under_cpu_autocast_keeps_float32_adapters(tmp_path, sample_splits,
     assert weights and all(str(w.dtype) == "torch.float32" for w in weights.values())
 
 
+def test_busy_cores_reads_the_work_of_other_processes_now():
+    import subprocess
+    import sys
+
+    from spacy_giellm.util import busy_cores
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert busy_cores(0.5) >= 0.6  # one process spinning: about one core
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def test_train_command_restarts_with_openmp_waiting_chosen_by_load(monkeypatch):
     import os
     import runpy
@@ -387,13 +401,13 @@ def test_train_command_restarts_with_openmp_waiting_chosen_by_load(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["x", "train", "a.jsonl"])
     main = runpy.run_path(str(Path(__file__).parent.parent / "spacy_giellm" / "__main__.py"), run_name="not_main")
     # an idle machine: a short spin; a busy one: threads sleep while they wait
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    main["_openmp_waiting_for_training"].__globals__["busy_cores"] = lambda: 0.2
     main["_openmp_waiting_for_training"]()
     assert os.environ["GOMP_SPINCOUNT"] == main["SHORT_SPIN"] and "OMP_WAIT_POLICY" not in os.environ
     assert calls[0][-3:] == ["spacy_giellm", "train", "a.jsonl"]
     calls.clear()
     monkeypatch.delenv("GOMP_SPINCOUNT")
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.3, 1.0, 1.0))
+    main["_openmp_waiting_for_training"].__globals__["busy_cores"] = lambda: 1.3
     main["_openmp_waiting_for_training"]()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in os.environ and len(calls) == 1
     calls.clear()

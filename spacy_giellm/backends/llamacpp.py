@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..registry import giellm_backends
+from ..util import busy_cores
 from .base import LocalModelBackend, loaded_attribute
 from .gguf_check import validate_gguf
 from .settings import LlamaCppSettings
@@ -101,10 +102,7 @@ def default_threads() -> int:
     machine keeps every core (benchmarks/batching-and-bf16.md, "Threads on an idle 2-core machine"). Set
     `n_threads` to choose."""
     cores = physical_cores()
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except (AttributeError, OSError):  # no load average (Windows)
-        busy = 0
+    busy = int(busy_cores() + 0.5)
     chosen = max(1, cores - busy)
     logger.info("giellm.LlamaCpp.v1: n_threads %d (%d physical cores, load %d); set n_threads to choose", chosen, cores, busy)
     return chosen
