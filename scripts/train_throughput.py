@@ -15,7 +15,8 @@ alpha 32, all linear layers, lr 5e-4, batch 8, max_length 256):
     new: the defaults                  (packing, bf16 autocast on a bf16 CPU,
                                         OMP_WAIT_POLICY=PASSIVE)
 
-`--old-args` / `--new-args` override them (e.g. a --threads setting). The
+`--old-args` / `--new-args` override them (e.g. a --threads setting);
+`--path "NAME|ARGS|ENV"` adds a path between them. The
 profile skips each run's first step; peak RSS is each process's own.
 """
 from __future__ import annotations
@@ -67,11 +68,16 @@ def main() -> None:
     ap.add_argument("--old-env", default="OMP_WAIT_POLICY=",
                     help="NAME=VALUE,... for the old path's process (empty OMP_WAIT_POLICY: OpenMP's default)")
     ap.add_argument("--new-env", default="")
+    ap.add_argument("--path", action="append", default=[], metavar="NAME|ARGS|ENV",
+                    help="a further path between old and new: its name, train options and NAME=VALUE,... "
+                         "(e.g. PYTHONPATH=<a worktree> runs another commit's code)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    paths = {"old": shlex.split(args.old_args), "new": shlex.split(args.new_args)}
+    more = [(p.split("|") + ["", ""])[:3] for p in args.path]
+    paths = {"old": shlex.split(args.old_args), **{n: shlex.split(a) for n, a, _ in more},
+             "new": shlex.split(args.new_args)}
     envs = {name: dict(kv.split("=", 1) for kv in value.split(",") if kv)
-            for name, value in (("old", args.old_env), ("new", args.new_env))}
+            for name, value in (("old", args.old_env), *((n, e) for n, _, e in more), ("new", args.new_env))}
     report: dict = {"rounds": [], "paths": {k: " ".join(v) for k, v in paths.items()}, "env": envs}
     for r in range(args.rounds):
         row = {}

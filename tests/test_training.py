@@ -270,12 +270,16 @@ PACK_PAIRS = [
 ]
 
 
+@pytest.mark.parametrize("attention", ["masked", "per-sequence"])
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 @pytest.mark.parametrize("row_tokens", [0, 60])
-def test_packed_rows_give_the_padded_batchs_loss_and_gradients(arch, row_tokens, tiny_model_dir, tiny_gemma_dir):
+def test_packed_rows_give_the_padded_batchs_loss_and_gradients(arch, row_tokens, attention, tiny_model_dir,
+                                                                tiny_gemma_dir):
     """The same sequences packed (attention inside each sequence, positions
     restarting; one row, or rows of at most 60 tokens with padding) and
-    right-padded: the same output-token loss and LoRA gradients."""
+    right-padded: the same output-token loss and LoRA gradients, whether
+    the packed rows' attention is transformers' masked sdpa or ours, one
+    sequence at a time (`packed_attention`)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -309,6 +313,10 @@ def test_packed_rows_give_the_padded_batchs_loss_and_gradients(arch, row_tokens,
     model.train(False)
     results = []
     for batch in (padded, packed):
+        if batch is packed and attention == "per-sequence":
+            from spacy_giellm.training.packed_attention import use_packed_attention
+
+            use_packed_attention(model)
         model.zero_grad()
         loss = output_token_loss(model, batch, torch.tensor(n_labelled))
         loss.backward()
@@ -320,7 +328,33 @@ def test_packed_rows_give_the_padded_batchs_loss_and_gradients(arch, row_tokens,
         assert torch.allclose(ref_grads[k], grads[k], atol=1e-5, rtol=1e-4), k
     # Without position_ids, the packed row would be one long sequence.
     unpacked = {k: v for k, v in packed.items() if k != "position_ids"}
+    if attention == "per-sequence":
+        model.set_attn_implementation("sdpa")
     assert abs(float(output_token_loss(model, unpacked, torch.tensor(n_labelled))) - ref_loss) > 1e-3
+
+
+def test_sequence_bounds_start_where_positions_restart():
+    from spacy_giellm.training.packed_attention import sequence_bounds
+
+    assert sequence_bounds([0, 1, 2, 0, 1, 0, 0, 1]) == [(0, 3), (3, 5), (5, 6), (6, 8)]
+    assert sequence_bounds([5, 6, 7]) == [(0, 3)]  # a row may start anywhere
+    assert sequence_bounds([3, 3]) == [(0, 1), (1, 2)]
+    assert sequence_bounds([]) == []
+
+
+def test_per_sequence_attention_refuses_what_it_cannot_honour():
+    import torch
+
+    from spacy_giellm.training.packed_attention import packed_attention_forward
+
+    q = torch.zeros(1, 2, 4, 8)
+    positions = torch.arange(4)[None]
+    with pytest.raises(ValueError, match="a mask"):
+        packed_attention_forward(None, q, q, q, torch.ones(1, 1, 4, 4, dtype=torch.bool), position_ids=positions)
+    with pytest.raises(ValueError, match="no position_ids"):
+        packed_attention_forward(None, q, q, q, None)
+    with pytest.raises(ValueError, match="a cache"):
+        packed_attention_forward(None, q[:, :, :1], q, q, None, position_ids=positions[:, :1])
 
 
 def test_packed_training_runs_as_the_padded_one(tmp_path, sample_splits, tiny_gemma_dir):

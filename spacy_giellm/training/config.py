@@ -36,7 +36,9 @@ class TrainConfig:
     task_files: Sequence[str] = ()
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    # 0: on a CPU the dropout mask cost a sixth of a step (bernoulli_ on every
+    # linear layer's input; benchmarks/training-throughput.md)
+    lora_dropout: float = 0.0
     # module names, or ("all-linear",): every linear layer but the LM head
     lora_target_modules: Sequence[str] = ("all-linear",)
     # Apply the LM head only where the loss looks (training.loss); False runs

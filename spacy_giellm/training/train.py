@@ -414,6 +414,14 @@ def train(
     autocast = _cpu_autocast(cfg, cuda, bf16_base)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    # On a CPU, packed rows' attention one sequence at a time: the masked
+    # attention over a whole row costs as much as the linear layers
+    # (`packed_attention`). A GPU keeps transformers' kernels.
+    per_sequence_attention = _packing(cfg) and not cuda
+    if per_sequence_attention:
+        from .packed_attention import use_packed_attention
+
+        use_packed_attention(model)
 
     # 3. Training.
     args = _training_args(cfg, ckpt_dir, dev_data is not None, cuda, bf16 or autocast)
@@ -476,6 +484,7 @@ def train(
         "threads": torch.get_num_threads(),
         "gradient_checkpointing": _checkpointing(cfg, cuda),
         "packing": _packing(cfg),
+        "per_sequence_attention": per_sequence_attention,
         "config": cfg_dict,
         "config_file": str(out / CONFIG_FILE),
         "versions": _versions(),
