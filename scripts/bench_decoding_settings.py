@@ -4,13 +4,15 @@ so that a change in the machine's load hits them all), through the
 component's batches.
 
     python scripts/bench_decoding_settings.py TEST.jsonl MODEL.gguf --task TASK \\
-        --setting "before: kv_unified=true n_parallel=8 stop_loops=false batch=16" \\
+        --setting "before: n_parallel=8 stop_loops=false batch=16" \\
         --setting "after:" [--setting ...] [--n 100] [--rounds 3] [--threads 2] [--json out.json]
 
 A setting is `name: key=value ...`: backend settings (`n_parallel`,
-`kv_unified`, `stop_loops`, `constrained`, ...) and `batch` (the
-component's batch size, default 16); an empty one is the defaults. The
-reference is sequential greedy decoding (`n_parallel=1`, unified cache, no
+`flash_attn`, `stop_loops`, `constrained`, ...), `batch` (the
+component's batch size, default 16) and `calls` (`component`: the
+component's calls, `batch` prompts of like length at a time;
+`one-ascending`: one call, shortest first); an empty one is the defaults. The
+reference is sequential greedy decoding (`n_parallel=1`, no
 loop stop, one prompt per call). For each setting: docs/s per round, the
 share of the kernels' ceiling (`bench --step limits`: every token of a doc
 at the rate of one long pass, from the reference's tokens per doc), and
@@ -31,7 +33,7 @@ from spacy_giellm.bench.measure import generate_like_component
 from spacy_giellm.format import build_input
 from spacy_giellm.tasks import get_task, load_task_file
 
-REFERENCE = {"n_parallel": 1, "kv_unified": True, "stop_loops": False, "batch": 1}
+REFERENCE = {"n_parallel": 1, "stop_loops": False, "batch": 1}
 
 
 def parse_setting(text: str):
@@ -43,6 +45,19 @@ def parse_setting(text: str):
         if isinstance(values[key], str) and values[key].isdigit():
             values[key] = int(values[key])
     return name.strip(), values
+
+
+def generate_in_calls(backend, prompts, batch, calls):
+    """Outputs under another call layout than the component's:
+    `one-ascending` (all prompts in one call, shortest first)."""
+    if calls != "one-ascending":
+        raise ValueError(f"calls must be component or one-ascending, got {calls!r}")
+    layout = [sorted(range(len(prompts)), key=lambda k: len(prompts[k]))]
+    outputs = [""] * len(prompts)
+    for call in layout:
+        for k, out in zip(call, backend.generate([prompts[k] for k in call])):
+            outputs[k] = out
+    return outputs
 
 
 def main() -> None:
@@ -67,10 +82,14 @@ def main() -> None:
     def run(values):
         values = dict(values)
         batch = values.pop("batch", 16)
+        calls = values.pop("calls", "component")
         backend.reconfigure(replace(defaults, **values))
         backend.decoding_stats(reset=True)
         start = time.perf_counter()
-        outputs = generate_like_component(backend, prompts, batch)
+        if calls == "component":
+            outputs = generate_like_component(backend, prompts, batch)
+        else:
+            outputs = generate_in_calls(backend, prompts, batch, calls)
         return outputs, time.perf_counter() - start, backend.decoding_stats()
 
     reference, reference_seconds, _ = run(REFERENCE)

@@ -21,7 +21,8 @@ from spacy.tokens import Doc, Span
 from spacy.util import ensure_path, filter_spans, minibatch, registry
 
 from .align import SpanMaker, split_tokens_at
-from .backends.base import LabelScoring, ModelIdentity, ModelTasks, ScoredGeneration, TaskBinding, TokenCounting
+from .backends.base import (LabelScoring, ModelIdentity, ModelTasks, ScoredGeneration, TaskBinding, TokenCounting,
+                            generation_calls)
 from .backends.settings import point_at_model_file
 from .cache import CacheError, ResponseCache
 from .docs import GROUPS, TUPLE_KINDS, install_extensions, set_tuples
@@ -57,7 +58,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "task": "scnm",
     "instruction": None,
     "backend": {"@giellm_backends": "giellm.HF.v1", "model": ""},
-    "batch_size": 64,
+    "batch_size": 32,
     "ents": "overwrite",
     "alignment_mode": "strict",
     "split_tokens": False,
@@ -131,7 +132,7 @@ class GiellmComponent(Pipe):
         task: Union[str, Task, Dict[str, Any]] = "scnm",
         instruction: Optional[str] = None,
         backend: Any,
-        batch_size: int = 64,
+        batch_size: int = 32,
         ents: str = "overwrite",
         alignment_mode: str = "strict",
         split_tokens: bool = False,
@@ -314,13 +315,12 @@ class GiellmComponent(Pipe):
     def _generate(
         self, prompts: List[str], markers: Optional[Dict[str, str]] = None
     ) -> Tuple[List[str], Optional[List[Dict[str, float]]]]:
-        """Outputs (and, given `markers`, label scores) a batch at a time.
-        Prompts of like length share a generation batch: less padding."""
-        order = sorted(range(len(prompts)), key=lambda k: len(prompts[k]))
+        """Outputs (and, given `markers`, label scores), in the calls
+        `generation_calls` lays out: `batch_size` prompts of like length
+        at a time."""
         outputs: List[str] = [""] * len(prompts)
         scores: List[Dict[str, float]] = [{} for _ in prompts]
-        for batch in minibatch(order, size=self.batch_size):
-            batch = list(batch)
+        for batch in generation_calls(prompts, self.batch_size):
             batch_prompts = [prompts[k] for k in batch]
             if markers:
                 generated, rows = self.backend.generate_scored(batch_prompts, list(markers))

@@ -415,3 +415,27 @@ def test_relation_and_event_pipes_on_one_task_keep_each_others_records(fresh):
     assert [(e.label, [a.text for a in e.args]) for e in doc._.events] == [("発表", ["トヨタ", "2023年", "東京"])]
     # a task without an entity level leaves GiNZA's entities alone
     assert [(e.text, e.label_) for e in doc.ents] == ginza_ents
+
+
+
+def test_generation_calls_are_batches_of_like_length():
+    from spacy_giellm.backends.base import generation_calls
+
+    prompts = ["ccc", "a", "bbbb", "dd", "eeeee"]
+    assert generation_calls(prompts, 2) == [[1, 3], [0, 2], [4]]
+    assert generation_calls(prompts, 10) == [[1, 3, 0, 2, 4]]
+    assert generation_calls([], 2) == []
+
+
+def test_component_generates_in_those_calls(fresh):
+    task = get_task("ner-ja")
+    texts = ["太郎が来た。", "花子と次郎が東京へ行った。", "京都。", "山田さんが大阪で会った。", "雨。"]
+    table = {build_input(t, task): render_output(Annotation(text=t, entities=[Mention("人名", t[:2])]), task)
+             for t in texts}
+    pipe = _add(fresh, "giellm_calls", table, batch_size=2)
+    docs = list(fresh.pipe(texts, batch_size=10))
+    prompts = [build_input(t, task) for t in texts]
+    from spacy_giellm.backends.base import generation_calls
+
+    assert pipe.backend.calls == [[prompts[k] for k in call] for call in generation_calls(prompts, 2)]
+    assert [[(e.text, e.label_) for e in d.ents] for d in docs] == [[(t[:2], "人名")] for t in texts]

@@ -7,7 +7,7 @@ import resource
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..backends.base import LabelScoring, ScoredGeneration, TaskBinding
+from ..backends.base import LabelScoring, ScoredGeneration, TaskBinding, generation_calls
 from .config import FIELDS, STEPS, BenchConfig
 from .inputs import gold_outputs, load_texts
 
@@ -57,15 +57,10 @@ def shared_tokens(token_lists: Sequence[Sequence[int]]) -> float:
     return sum(longest) / len(longest)
 
 
-def _sorted_batches(prompts: Sequence[str], size: int) -> List[List[int]]:
-    order = sorted(range(len(prompts)), key=lambda k: len(prompts[k]))
-    return [order[i : i + size] for i in range(0, len(order), size)]
-
-
 def generate_like_component(backend: Any, prompts: Sequence[str], size: int) -> List[str]:
-    """generate() over length-sorted batches, as the component calls it."""
+    """generate() over the calls the component makes (`generation_calls`)."""
     outputs: List[str] = [""] * len(prompts)
-    for batch in _sorted_batches(prompts, size):
+    for batch in generation_calls(prompts, size):
         for k, out in zip(batch, backend.generate([prompts[k] for k in batch])):
             outputs[k] = out
     return outputs
@@ -190,7 +185,7 @@ class _Run:
         def run_scored() -> Tuple[List[str], List[Dict[str, float]]]:
             outputs: List[str] = [""] * len(self.prompts)
             scores: List[Dict[str, float]] = [{} for _ in self.prompts]
-            for batch in _sorted_batches(self.prompts, size):
+            for batch in generation_calls(self.prompts, size):
                 outs, rows = backend.generate_scored([self.prompts[k] for k in batch], self.candidates)
                 for k, out, row in zip(batch, outs, rows):
                     outputs[k], scores[k] = out, row
