@@ -47,16 +47,13 @@ def parse_setting(text: str):
     return name.strip(), values
 
 
-def generate_in_calls(backend, prompts, batch, calls):
-    """Outputs under another call layout than the component's:
-    `one-ascending` (all prompts in one call, shortest first)."""
-    if calls != "one-ascending":
-        raise ValueError(f"calls must be component or one-ascending, got {calls!r}")
-    layout = [sorted(range(len(prompts)), key=lambda k: len(prompts[k]))]
+def generate_in_one_call(backend, prompts):
+    """Outputs with all prompts in one `generate` call, shortest first
+    (`calls=one-ascending`)."""
+    order = sorted(range(len(prompts)), key=lambda k: len(prompts[k]))
     outputs = [""] * len(prompts)
-    for call in layout:
-        for k, out in zip(call, backend.generate([prompts[k] for k in call])):
-            outputs[k] = out
+    for k, out in zip(order, backend.generate([prompts[k] for k in order])):
+        outputs[k] = out
     return outputs
 
 
@@ -88,8 +85,10 @@ def main() -> None:
         start = time.perf_counter()
         if calls == "component":
             outputs = generate_like_component(backend, prompts, batch)
+        elif calls == "one-ascending":
+            outputs = generate_in_one_call(backend, prompts)
         else:
-            outputs = generate_in_calls(backend, prompts, batch, calls)
+            raise ValueError(f"calls must be component or one-ascending, got {calls!r}")
         return outputs, time.perf_counter() - start, backend.decoding_stats()
 
     reference, reference_seconds, _ = run(REFERENCE)

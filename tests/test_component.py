@@ -417,7 +417,6 @@ def test_relation_and_event_pipes_on_one_task_keep_each_others_records(fresh):
     assert [(e.text, e.label_) for e in doc.ents] == ginza_ents
 
 
-
 def test_generation_calls_are_batches_of_like_length():
     from spacy_giellm.backends.base import generation_calls
 
@@ -428,6 +427,8 @@ def test_generation_calls_are_batches_of_like_length():
 
 
 def test_component_generates_in_those_calls(fresh):
+    from spacy_giellm.backends.base import generation_calls
+
     task = get_task("ner-ja")
     texts = ["太郎が来た。", "花子と次郎が東京へ行った。", "京都。", "山田さんが大阪で会った。", "雨。"]
     table = {build_input(t, task): render_output(Annotation(text=t, entities=[Mention("人名", t[:2])]), task)
@@ -435,7 +436,5 @@ def test_component_generates_in_those_calls(fresh):
     pipe = _add(fresh, "giellm_calls", table, batch_size=2)
     docs = list(fresh.pipe(texts, batch_size=10))
     prompts = [build_input(t, task) for t in texts]
-    from spacy_giellm.backends.base import generation_calls
-
     assert pipe.backend.calls == [[prompts[k] for k in call] for call in generation_calls(prompts, 2)]
     assert [[(e.text, e.label_) for e in d.ents] for d in docs] == [[(t[:2], "人名")] for t in texts]

@@ -600,10 +600,18 @@ def test_model_json_naming_a_file_outside_the_pipeline_is_refused(packaged, pack
 def test_default_threads_leave_out_the_busy_cores(monkeypatch, cores, load, expected):
     import os
 
+    from spacy_giellm import util
     from spacy_giellm.backends import llamacpp
 
     monkeypatch.setattr(llamacpp, "physical_cores", lambda: cores)
-    monkeypatch.setattr(llamacpp, "busy_cores", lambda: 0.0 if load is None else load)
+    if load is None:  # neither /proc/stat nor a load average (Windows): no core is taken as busy
+        def unreadable(*args, **kwargs):
+            raise OSError("no /proc/stat")
+
+        monkeypatch.setattr(util, "open", unreadable, raising=False)
+        monkeypatch.delattr(os, "getloadavg", raising=False)
+    else:
+        monkeypatch.setattr(llamacpp, "busy_cores", lambda: load)
     llamacpp.default_threads.cache_clear()
     try:
         assert llamacpp.default_threads() == expected

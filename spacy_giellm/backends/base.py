@@ -81,7 +81,7 @@ def generation_calls(prompts: Sequence[str], batch_size: int) -> List[List[int]]
     """The prompts' indices in each `generate` call the component makes:
     `batch_size` at a time, prompts of like length together (less padding
     for a padding backend). Not all in one call for llama.cpp's continuous
-    batching either: calls of 100 prompts ran 0.84x the docs/s of calls of
+    batching either: calls of 100 prompts ran 0.85x the docs/s of calls of
     64, and those 0.86x calls of 32, its `n_parallel` (benchmarks/
     decoding-ceiling.md, "Calls of n_parallel prompts")."""
     order = sorted(range(len(prompts)), key=lambda k: len(prompts[k]))
