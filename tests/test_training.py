@@ -389,6 +389,62 @@ def test_cpu_autocast_follows_the_bf16_base_unless_asked():
     assert not _cpu_autocast(TrainConfig(autocast=True), cuda=True, bf16_base=True)
 
 
+def test_adapter_inputs_stay_bf16_under_cpu_autocast(tiny_gemma_dir):
+    """A bf16 base with float32 adapters under CPU autocast: with PEFT's
+    input casting off, no adapter makes a float32 copy of its input (the
+    RMS norms' own float32 work remains), and the
+    loss and adapter gradients are exactly those with it on (autocast
+    casts the copy straight back to bf16 for the matmul)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import AutoTokenizer
+
+    from spacy_giellm.training.loss import output_token_loss
+    from spacy_giellm.training.train import _load_model, keep_adapter_inputs_bf16
+
+    class Float32Copies(TorchDispatchMode):
+        """Counts copies of (1, positions, width) activations made in float32."""
+
+        def __init__(self, positions):
+            super().__init__()
+            self.positions, self.count = positions, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+                if out.dtype == torch.float32 and out.dim() == 3 and out.shape[1] == self.positions:
+                    self.count += 1
+            return out
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_gemma_dir))
+    batch = PadCollator(tok.pad_token_id)([encode_pair(tok, i, o) for i, o in PACK_PAIRS[:2]])
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    runs = []
+    for keep_bf16 in (False, True):
+        torch.manual_seed(0)
+        model = _load_model(str(tiny_gemma_dir), cfg, "lora", torch.bfloat16)
+        with torch.no_grad():  # a fresh LoRA B is zero: make the adapters matter
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+        adapters = 7 * model.config.num_hidden_layers
+        if keep_bf16:
+            assert keep_adapter_inputs_bf16(model) == adapters
+        counter = Float32Copies(batch["input_ids"].shape[1])
+        with counter, torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = output_token_loss(model, batch)
+        with counter:
+            loss.backward()
+        grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+        assert grads and all(g.dtype == torch.float32 for g in grads.values())
+        runs.append((loss.item(), grads, counter.count))
+    (ref_loss, ref_grads, cast_copies), (loss, grads, copies) = runs
+    assert cast_copies - copies >= adapters  # each adapter's input, once in the forward at least
+    assert loss == ref_loss
+    for k in ref_grads:
+        assert torch.equal(ref_grads[k], grads[k]), k
+
+
 def test_lora_under_cpu_autocast_keeps_float32_adapters(tmp_path, sample_splits, tiny_gemma_dir):
     """bf16 base + bf16 autocast: the run trains, its losses are those of
     the run without autocast up to bf16 rounding, and the adapter it saves

@@ -159,6 +159,20 @@ def _load_model(base: str, cfg: TrainConfig, mode: str, dtype: Any) -> Any:
     )
 
 
+def keep_adapter_inputs_bf16(model: Any) -> int:
+    """Under CPU autocast, stop PEFT from casting each adapter's input to the
+    adapters' float32: autocast casts it straight back to bf16 for the
+    matmul, so the gradients are the same, but the two copies of every
+    activation (and their backward) took a sixth of a step on a 2-core
+    CPU (benchmarks/training-throughput.md). Returns the layers changed."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    return len(layers)
+
+
 def _count_params(model: Any) -> Tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -342,9 +356,19 @@ def _packing(cfg: TrainConfig) -> bool:
 
 
 def _profile(trainer: Any, model: Any) -> Dict[str, Any]:
-    from .profile import format_profile, gemm_rates, model_shape, summarize
+    """The profile of the run's steps, over all its processes; {} in every
+    process but the first, which alone measures the machine's GEMM rates
+    (at all the run's threads: the others have finished)."""
+    import torch
 
-    summary = summarize(trainer.step_records, model_shape(model), gemm_rates())
+    from .profile import (combine_processes, format_profile, gather_processes, gemm_rates, model_shape,
+                          peak_rss_mb, step_numbers, summarize)
+
+    per_process, rss = gather_processes(step_numbers(trainer.step_records, model_shape(model)), peak_rss_mb())
+    if not trainer.is_world_process_zero():
+        return {}
+    rates = gemm_rates(torch.get_num_threads() * len(per_process))
+    summary = summarize(combine_processes(per_process), model_shape(model), rates, rss)
     logger.info("%s", format_profile(summary))
     return summary
 
@@ -412,6 +436,8 @@ def train(
     # The adapters' matmuls in bf16 too (float32 master weights): accelerate
     # runs the forward under CPU autocast (`train_speed.py` measures it).
     autocast = _cpu_autocast(cfg, cuda, bf16_base)
+    if autocast and mode == "lora":
+        keep_adapter_inputs_bf16(model)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     # On a CPU, packed rows' attention one sequence at a time: the masked
