@@ -115,8 +115,8 @@ TINY_ARGS = ["--from-scratch", "--eval-steps", "10000", "--patience", "0", "--vo
 
 def test_processes_option_runs_one_data_parallel_run(tmp_path):
     """`train --processes 2`: two processes that meet through a file, train
-    as one process would (same loss on the same batches), stop together on a
-    CPU-time budget, and write one manifest."""
+    as one process would (same loss on the same batches), profile the steps
+    of both, stop together on a CPU-time budget, and write one manifest."""
     from spacy_giellm.training.parallel import without_option
 
     assert without_option(["train", "a", "--processes", "2", "--processes=2", "-o", "x"], "--processes") == [
@@ -127,14 +127,23 @@ def test_processes_option_runs_one_data_parallel_run(tmp_path):
     # one record, repeated: every batch is the same however it is split
     same = tmp_path / "same.jsonl"
     same.write_text((json.dumps(records[0], ensure_ascii=False) + "\n") * 16, encoding="utf8")
-    losses = {}
+    losses, profiles = {}, {}
     for processes in (1, 2):
         out = tmp_path / f"same{processes}"
-        assert _run(["train", str(same), "--output", str(out), "--max-steps", "3", *TINY_ARGS], processes) == 0
+        argv = ["train", str(same), "--output", str(out), "--max-steps", "3", "--profile", *TINY_ARGS]
+        assert _run(argv, processes) == 0
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["world_size"] == processes
         losses[processes] = manifest["train_loss"]
+        profiles[processes] = manifest["profile"]
     assert losses[2] == pytest.approx(losses[1], abs=1e-4)
+    # the profile counts the tokens of every process: a step is still 4 sequences
+    for processes, profile in profiles.items():
+        assert profile["processes"] == processes and profile["steps"] == 2
+        assert profile["sequences_per_step"] == 4
+        assert profile["peak_rss_mb_all_processes"] >= profile["peak_rss_mb"] * processes * 0.5
+    assert profiles[2]["real_tokens_per_step"] == profiles[1]["real_tokens_per_step"]
+    assert profiles[2]["gflop_per_step"] == profiles[1]["gflop_per_step"]
     # the budget is the CPU time of both processes together
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf8")

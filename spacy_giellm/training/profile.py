@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import resource
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 PHASES = ("data", "forward", "backward", "optimizer")
 
@@ -164,23 +164,74 @@ def profile_callback(trainer_ref: List[Any]) -> Any:
     return StepProfile()
 
 
-def summarize(records: Sequence[Dict[str, Any]], shape: Dict[str, Any], rates: Dict[str, float]) -> Dict[str, Any]:
-    """Means over the steps after the first (all of them if there is one)."""
+STEP_NUMBERS = ("total",) + PHASES + ("real", "computed", "labelled", "flops", "sequences")
+
+
+def step_numbers(records: Sequence[Dict[str, Any]], shape: Dict[str, Any]) -> List[List[float]]:
+    """Each step record as the numbers of STEP_NUMBERS (its FLOPs computed
+    from its sequences' lengths)."""
+    return [
+        [float(r[k]) for k in ("total",) + PHASES + ("real", "computed", "labelled")]
+        + [step_flops(shape, r["lengths"], int(r["labelled"])), float(len(r["lengths"]))]
+        for r in records
+    ]
+
+
+def gather_processes(steps: List[List[float]], rss_mb: float) -> Tuple[List[List[List[float]]], List[float]]:
+    """Every process's step numbers and peak RSS, in rank order: this
+    process's alone outside a data-parallel run. Each process of a run
+    makes the same optimizer steps (the gradients are averaged at each);
+    should the counts differ, the steps all have are kept."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [steps], [rss_mb]
+    world = dist.get_world_size()
+    counts = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([len(steps)]))
+    n = min(int(c) for c in counts)
+    mine = torch.tensor([row for row in steps[:n]] + [[rss_mb] * len(STEP_NUMBERS)], dtype=torch.float64)
+    rows = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(rows, mine)
+    return [r[:-1].tolist() for r in rows], [float(r[-1, 0]) for r in rows]
+
+
+def combine_processes(per_process: Sequence[Sequence[Sequence[float]]]) -> List[Dict[str, float]]:
+    """The machine's steps: a step lasts as long as its slowest process
+    (they wait for each other at the gradient average), its phases are the
+    first process's, and its tokens, FLOPs and sequences are everyone's."""
+    summed = {"real", "computed", "labelled", "flops", "sequences"}
+    combined = []
+    for rows in zip(*per_process):
+        step = {k: (sum(r[i] for r in rows) if k in summed else rows[0][i]) for i, k in enumerate(STEP_NUMBERS)}
+        step["total"] = max(r[0] for r in rows)
+        combined.append(step)
+    return combined
+
+
+def summarize(records: Sequence[Dict[str, float]], shape: Dict[str, Any], rates: Dict[str, float],
+              rss_mb: Sequence[float] = ()) -> Dict[str, Any]:
+    """Means over the steps after the first (all of them if there is one),
+    of `records` as `combine_processes` gives them; `rss_mb`: each
+    process's peak RSS (this process's if not given)."""
     steps = list(records[1:] if len(records) > 1 else records)
     if not steps:
         return {"steps": 0}
+    rss = list(rss_mb) or [peak_rss_mb()]
     total = sum(r["total"] for r in steps)
     real = sum(r["real"] for r in steps)
     computed = sum(r["computed"] for r in steps)
-    flops = sum(step_flops(shape, r["lengths"], int(r["labelled"])) for r in steps)
+    flops = sum(r["flops"] for r in steps)
     split = {k: round(sum(r[k] for r in steps) / total, 3) for k in PHASES}
     split["other"] = round(1 - sum(split.values()), 3)
     gflops = flops / total / 1e9
     return {
         "steps": len(steps),
         "steps_skipped": len(records) - len(steps),
+        "processes": len(rss),
         "seconds_per_step": round(total / len(steps), 3),
-        "sequences_per_step": round(sum(len(r["lengths"]) for r in steps) / len(steps), 2),
+        "sequences_per_step": round(sum(r["sequences"] for r in steps) / len(steps), 2),
         "real_tokens_per_step": round(real / len(steps), 1),
         "real_tokens_per_s": round(real / total, 1),
         "padding_share": round(1 - real / computed, 4) if computed else None,
@@ -191,18 +242,20 @@ def summarize(records: Sequence[Dict[str, Any]], shape: Dict[str, Any], rates: D
         "share_of_fp32_gemm": round(gflops / rates["fp32"], 3),
         "share_of_bf16_gemm": round(gflops / rates["bf16"], 3),
         "time_split": split,
-        "peak_rss_mb": round(peak_rss_mb()),
+        # one process's peak (the most any of them held), and all of them together
+        "peak_rss_mb": round(max(rss)),
+        "peak_rss_mb_all_processes": round(sum(rss)),
         "model": {k: v for k, v in shape.items() if k != "layer_windows"},
     }
 
 
-def gemm_rates() -> Dict[str, float]:
-    """fp32 and bf16 GEMM GFLOPS at torch's current thread count."""
+def gemm_rates(threads: Optional[int] = None) -> Dict[str, float]:
+    """fp32 and bf16 GEMM GFLOPS at `threads` (torch's current thread count)."""
     import torch
 
     from ..bench.limits import machine_rates
 
-    threads = torch.get_num_threads()
+    threads = threads or torch.get_num_threads()
     return {dtype: machine_rates(threads, dtype=dtype)["matmul_gflops"] for dtype in ("fp32", "bf16")}
 
 
@@ -216,8 +269,9 @@ def format_profile(p: Dict[str, Any]) -> str:
         f"{p['achieved_gflops']} GFLOPS achieved = {p['share_of_fp32_gemm']:.0%} of fp32 GEMM "
         f"({p['fp32_gemm_gflops']}), {p['share_of_bf16_gemm']:.0%} of bf16 GEMM ({p['bf16_gemm_gflops']}); "
         f"time: {split}; peak RSS {p['peak_rss_mb']} MB"
+        + (f" a process ({p['processes']} processes)" if p.get("processes", 1) > 1 else "")
     )
 
 
-__all__ = ["CountingCollator", "profiling_trainer", "profile_callback", "summarize", "model_shape",
-           "step_flops", "gemm_rates", "format_profile"]
+__all__ = ["CountingCollator", "profiling_trainer", "profile_callback", "step_numbers", "gather_processes",
+           "combine_processes", "summarize", "model_shape", "step_flops", "peak_rss_mb", "gemm_rates", "format_profile"]
