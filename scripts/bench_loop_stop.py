@@ -1,10 +1,13 @@
-"""The loop stop (`stop_loops`, llama.cpp), off against on, interleaved:
-docs/s of the giellm component on ja_ginza docs, and whether the Docs'
-annotations are the same.
+"""The loop stop (`stop_loops`), off against on, interleaved: docs/s of the
+giellm component on ja_ginza docs, and whether the Docs' annotations are
+the same.
 
     python scripts/bench_loop_stop.py MODEL.gguf TEST.jsonl --task TASK.json [--n 100] [--rounds 2]
         [--max-new-tokens 96] [--threads 2] [--json out.json]
+    python scripts/bench_loop_stop.py MODEL_DIR TEST.jsonl --backend hf [--batch-size 16] ...
 
+MODEL: a GGUF file (llama.cpp), or with `--backend hf` a transformers
+model directory run on the CPU.
 TEST.jsonl: converted records (their "input" texts are re-read through the
 task; only the text is used). Each round runs both settings over the same
 docs, one after the other (the order alternates between rounds), timing
@@ -45,6 +48,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, help="n_parallel (default: the backend's); 1 compares the outputs "
                     "without the float rounding a batch's changing layout brings")
+    ap.add_argument("--backend", choices=("llamacpp", "hf"), default="llamacpp")
+    ap.add_argument("--batch-size", type=int, help="the HF backend's batch_size (default: the backend's)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     task = load_task_file(args.task) if Path(args.task).is_file() else get_task(args.task)
@@ -56,10 +61,19 @@ def main() -> None:
     pipes = {}
     for stop in (False, True):
         nlp = spacy.blank("ja")
-        backend = {"@giellm_backends": "giellm.LlamaCpp.v1", "model_path": args.model, "n_threads": args.threads,
-                   "max_new_tokens": args.max_new_tokens, "stop_loops": stop}
-        if args.parallel:
-            backend["n_parallel"] = args.parallel
+        if args.backend == "hf":
+            import torch
+
+            torch.set_num_threads(args.threads)
+            backend = {"@giellm_backends": "giellm.HF.v1", "model": args.model, "device": "cpu",
+                       "max_new_tokens": args.max_new_tokens, "stop_loops": stop}
+            if args.batch_size:
+                backend["batch_size"] = args.batch_size
+        else:
+            backend = {"@giellm_backends": "giellm.LlamaCpp.v1", "model_path": args.model, "n_threads": args.threads,
+                       "max_new_tokens": args.max_new_tokens, "stop_loops": stop}
+            if args.parallel:
+                backend["n_parallel"] = args.parallel
         add_giellm(nlp, task, backend, name="giellm")
         list(nlp.pipe([d.copy() for d in docs[:2]]))  # load, warm up
         pipes[stop] = nlp
@@ -76,7 +90,7 @@ def main() -> None:
             results[stop] = ([annotations(d) for d in out], backend.decoding_stats())
     same = sum(a == b for a, b in zip(results[False][0], results[True][0]))
     report = {
-        "model": args.model, "docs": len(docs), "rounds": args.rounds,
+        "model": args.model, "backend": args.backend, "docs": len(docs), "rounds": args.rounds,
         "docs_per_s_off": [round(len(docs) / s, 2) for s in seconds[False]],
         "docs_per_s_on": [round(len(docs) / s, 2) for s in seconds[True]],
         "speedup_median": round(statistics.median(seconds[False]) / statistics.median(seconds[True]), 2),

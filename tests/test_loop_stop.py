@@ -1,6 +1,7 @@
 """The loop stop: an output ends at its first piece that repeats an earlier
 one and cannot be placed in the text (`prediction.LoopStop`), in the
-llama.cpp batcher (`stop`) and backend (`stop_loops`)."""
+llama.cpp batcher (`stop`) and backend (`stop_loops`), and in the HF
+backend's `generate` and constrained decoding."""
 from __future__ import annotations
 
 import random
@@ -183,3 +184,90 @@ def test_the_backend_cuts_at_a_token_boundary_before_the_looping_piece(tiny_gguf
         assert all(never(0, ids[:n]) is None for n in range(1, len(ids) + 1))
     finally:
         backend.close()
+
+
+# ---------------------------------------------------------------- HF
+
+
+def _scripted_generate(backend, scripts, calls):
+    """The backend's model.generate with each row's logits forced to its
+    script, then to EOS: the real decoding loop and stopping criteria on
+    outputs chosen by the test. `calls` counts the decoding steps."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    real = backend.model.generate
+    eos = backend._eos_ids[0]
+
+    class Script(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            calls.append(1)
+            step = len(calls) - 1
+            forced = torch.full_like(scores, float("-inf"))
+            for k, script in enumerate(scripts):
+                forced[k, script[step] if step < len(script) else eos] = 0.0
+            return forced
+
+    def generate(**kwargs):
+        kwargs["logits_processor"] = LogitsProcessorList([Script()])
+        return real(**kwargs)
+
+    return generate
+
+
+def test_hf_generate_ends_a_looping_row_and_keeps_the_others(tiny_model_dir, monkeypatch):
+    """A batch of two: a row that loops is cut before its looping piece and
+    stops being decoded; the other row ends at its EOS as before. Without
+    `stop_loops` the looping row runs to max_new_tokens."""
+    from spacy_giellm.backends.hf import make_hf_backend
+
+    backend = make_hf_backend(model=str(tiny_model_dir), device="cpu", batch_size=2, max_new_tokens=60,
+                              task="ner-ja").load()
+    texts = ["田中が来た", "東京の田中さん"]  # in the order generation_calls keeps (by length)
+    outputs = [f"{IW}:人名;田中" + ":人名;田中" * 30, f"{IW}:地名;東京:人名;田中"]
+    scripts = [backend.tokenizer(o, add_special_tokens=False)["input_ids"] for o in outputs]
+    assert [backend.decode(ids) for ids in scripts] == outputs
+    assert len(scripts[0]) > 60 > len(scripts[1])
+    prompts = [build_input(t, NER) for t in texts]
+    runs = {}
+    calls: list = []
+    monkeypatch.setattr(backend.model, "generate", _scripted_generate(backend, scripts, calls))
+    for stop_loops in (True, False):
+        calls.clear()
+        with backend.configured(stop_loops=stop_loops):
+            backend.decoding_stats(reset=True)
+            runs[stop_loops] = (backend.generate(prompts), len(calls), backend.decoding_stats()["loops_stopped"])
+    (stopped, stopped_steps, n_stopped), (plain, plain_steps, n_plain) = runs[True], runs[False]
+    assert stopped == [f"{IW}:人名;田中", outputs[1]]
+    assert plain == [backend.decode(scripts[0][:60]), outputs[1]]
+    assert (n_stopped, n_plain) == (1, 0)
+    assert plain_steps == 60 and stopped_steps < 30  # the batch ended once the loop was seen
+
+
+def test_hf_constrained_decoding_ends_a_stopped_row_and_keeps_the_others(tiny_model_dir):
+    from spacy_giellm.backends import hf_decode
+    from spacy_giellm.backends.hf import make_hf_backend
+
+    backend = make_hf_backend(model=str(tiny_model_dir), device="cpu", batch_size=4, max_new_tokens=12,
+                              task="ner-ja", constrained=True).load()
+    prompts = [build_input(t, NER) for t in ("猫が来た", "犬と猫", "田中が日産に", "東京")]
+    constrainer = backend._prompt_constrainer()
+
+    def run(stop=None):
+        return hf_decode.constrained_greedy(backend.model, *backend._encode(prompts),
+                                            [constrainer(p) for p in prompts], 12,
+                                            backend.tokenizer.pad_token_id, stop=stop)
+
+    plain = run()
+    assert all(len(out) >= 5 for out in plain)
+    asked = []
+
+    def stop(k, generated):
+        asked.append((k, len(generated)))
+        return 3 if k in (0, 2) and len(generated) >= 5 else None
+
+    stopped = run(stop)
+    assert stopped == [out[:3] if k in (0, 2) else out for k, out in enumerate(plain)]
+    # asked after every step until a row ends, never again after a stop
+    assert len([1 for k, n in asked if k == 0 and n >= 5]) == 1
+    assert max(n for k, n in asked if k == 1) == len(plain[1])

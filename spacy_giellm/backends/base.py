@@ -88,6 +88,53 @@ def generation_calls(prompts: Sequence[str], batch_size: int) -> List[List[int]]
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+LoopStop = Callable[[int, List[int]], Optional[int]]
+
+
+def loop_stopper(task: Any, prompts: Sequence[str], decode: Callable[[List[int]], str],
+                 may_end_piece: Callable[[List[int]], bool], stats: Dict[str, int]) -> LoopStop:
+    """stop(k, tokens) for a decoding loop: None while prompt k's output
+    goes on, else how many of its `tokens` to keep: those before its run of
+    looping pieces (`prediction.LoopStop`), cut where a token boundary meets
+    the run's start (where a token straddles it, decoding goes on). A
+    prompt not in the task's form is never stopped.
+
+    `may_end_piece(new)`: whether the tokens generated since the last call
+    could complete a piece (one holds a `;`, or a byte of `；`): only then is
+    the output decoded and looked at. `stats["loops_stopped"]` counts stops."""
+    from ..format import parse_input
+    from ..prediction import LoopStop as Watcher
+
+    watchers: List[Optional[Watcher]] = []
+    for prompt in prompts:
+        try:
+            watchers.append(Watcher(task, parse_input(prompt, task)[0]))
+        except ValueError:
+            watchers.append(None)
+    looked = [0] * len(prompts)  # tokens looked at per prompt
+
+    def stop(k: int, tokens: List[int]) -> Optional[int]:
+        watcher, new = watchers[k], tokens[looked[k]:]
+        looked[k] = len(tokens)
+        # a piece is complete once the next one's `:label;` follows it
+        if watcher is None or not may_end_piece(new):
+            return None
+        output = decode(tokens)
+        cut = watcher.check(output)
+        if cut is None:
+            return None
+        for n in range(len(tokens), -1, -1):
+            text = decode(tokens[:n])
+            if len(text) <= cut:
+                if text != output[:cut]:
+                    return None
+                stats["loops_stopped"] = stats.get("loops_stopped", 0) + 1
+                return n
+        return None
+
+    return stop
+
+
 def loaded_attribute(attr: str, doc: str) -> Any:
     """A read-only property giving `attr` after `self.load()` (which loads
     the model on first use)."""

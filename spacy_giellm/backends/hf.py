@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..registry import giellm_backends
-from .base import LocalModelBackend, loaded_attribute
-from .hf_decode import cache_argument, output_cache
+from .base import LocalModelBackend, LoopStop, loaded_attribute, loop_stopper
+from .hf_decode import cache_argument, loop_stopping_criteria, output_cache
 from .hf_files import check_model_files, looks_like_local_path, resolve_device, resolve_dtype
 from .settings import HFSettings
 
@@ -58,13 +58,14 @@ class HFBackend(LocalModelBackend):
         constrained: bool = False,
         task: Optional[Any] = None,
         jump_forward: bool = True,
+        stop_loops: bool = True,
     ) -> None:
         self._configure_from(locals())  # HFSettings validates
 
     def _setup(self, settings: HFSettings, task: Any) -> None:
         self._settings = settings
         self._unload()
-        self._stats: Dict[str, int] = {"jumped": 0}
+        self._stats: Dict[str, int] = {"jumped": 0, "loops_stopped": 0}
         if task is not None:
             self.bind_task(task)
 
@@ -74,6 +75,7 @@ class HFBackend(LocalModelBackend):
         self._model: Any = None
         self._device: Optional[str] = None
         self._eos_ids: List[int] = []
+        self._token_text: Dict[int, str] = {}  # token id -> its text alone (`_may_end_piece`)
         self.__dict__.pop("_hub_revisions", None)
 
     # ------------------------------------------------------------------ loading
@@ -265,11 +267,29 @@ class HFBackend(LocalModelBackend):
         )
 
     def decoding_stats(self, reset: bool = False) -> Dict[str, int]:
-        """Tokens appended by jump-forward since the last reset."""
+        """Tokens appended by jump-forward, and outputs ended at a loop, since the last reset."""
         stats = dict(self._stats)
         if reset:
-            self._stats.update(jumped=0)
+            self._stats.update(jumped=0, loops_stopped=0)
         return stats
+
+    def _loop_stopper(self, prompts: Sequence[str]) -> Optional[LoopStop]:
+        """`base.loop_stopper` for the prompts of one batch; None (no
+        stopping) without `stop_loops` or a bound task."""
+        if not self.stop_loops or self.task is None:
+            return None
+        return loop_stopper(self.task, prompts, self.decode, self._may_end_piece, self._stats)
+
+    def _may_end_piece(self, new: List[int]) -> bool:
+        """Whether one of `new` decodes to a `;` or `；`, or to part of a
+        character (a byte token, which may be part of a `；`)."""
+        pieces = self._token_text
+        for t in new:
+            if t not in pieces:
+                pieces[t] = self._tokenizer.decode([t])
+            if any(c in pieces[t] for c in ";；\ufffd"):
+                return True
+        return False
 
     def generate_ids(self, prompts: Sequence[str]) -> List[List[int]]:
         """Greedy new-token ids per prompt, without the prompt and without the final EOS."""
@@ -296,6 +316,7 @@ class HFBackend(LocalModelBackend):
         import torch
 
         kwargs: Dict[str, Any] = {}
+        stop = self._loop_stopper(chunk)
         if self.constrained:
             from .hf_decode import body_and_head, constrained_greedy
 
@@ -306,7 +327,7 @@ class HFBackend(LocalModelBackend):
             if body_and_head(self._model) is not None and not any(a.automaton.free_labels for a in automata):
                 return constrained_greedy(self._model, ids, mask, pos, automata, self.max_new_tokens,
                                           self._tokenizer.pad_token_id, cache=cache, jump=self.jump_forward,
-                                          stats=self._stats)
+                                          stats=self._stats, stop=stop)
             from transformers import LogitsProcessorList
 
             from .hf_constraints import HFConstraintProcessor
@@ -314,12 +335,20 @@ class HFBackend(LocalModelBackend):
             kwargs["logits_processor"] = LogitsProcessorList([HFConstraintProcessor(automata)])
         if cache is not None:
             kwargs[cache_argument(self._model.generate)] = cache
+        stopping = loop_stopping_criteria(stop, ids.shape[1], self._eos_ids) if stop is not None else None
+        if stopping is not None:
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([stopping])
         with torch.inference_mode():
             out = self._model.generate(input_ids=ids, attention_mask=mask, generation_config=self._generation_config(),
                                        **kwargs)
         eos = set(self._eos_ids)
         results: List[List[int]] = []
-        for row in out[:, ids.shape[1] :].tolist():
+        for k, row in enumerate(out[:, ids.shape[1] :].tolist()):
+            if stopping is not None and k in stopping.kept:
+                results.append(row[: stopping.kept[k]])
+                continue
             new: List[int] = []
             for t in row:
                 if t in eos:

@@ -23,9 +23,9 @@ torch and transformers are imported only when they run.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["body_and_head", "constrained_greedy", "output_cache", "cache_argument"]
+__all__ = ["body_and_head", "constrained_greedy", "loop_stopping_criteria", "output_cache", "cache_argument"]
 
 # Above this share of the vocabulary the batch's allowed tokens are taken
 # from the full head (a free-text label allows almost every token).
@@ -53,14 +53,17 @@ def body_and_head(model: Any) -> Optional[Tuple[Any, Any]]:
 
 def constrained_greedy(model: Any, ids: Any, mask: Any, pos: Any, automata: Sequence[Any],
                        max_new_tokens: int, pad_id: int, cache: Any = None, jump: bool = True,
-                       stats: Optional[Dict[str, int]] = None) -> List[List[int]]:
+                       stats: Optional[Dict[str, int]] = None,
+                       stop: Optional[Callable[[int, List[int]], Optional[int]]] = None) -> List[List[int]]:
     """Greedy new token ids per row (EOS not included) of a left-padded batch.
 
     `ids`, `mask`, `pos`: the prompts' input ids, attention mask and position
     ids; `automata`: one `TokenAutomaton` per row; `cache`: a KV cache that
     already holds every prompt token but the last (then only that one runs
-    before decoding). Rows keep to their automaton; a row ends at EOS or
-    after `max_new_tokens` tokens. `stats["jumped"]` counts the forced tokens."""
+    before decoding). Rows keep to their automaton; a row ends at EOS,
+    after `max_new_tokens` tokens, or where `stop(row, its tokens)` gives
+    how many of them to keep (`base.loop_stopper`). `stats["jumped"]`
+    counts the forced tokens."""
     import numpy as np
     import torch
 
@@ -143,7 +146,10 @@ def constrained_greedy(model: Any, ids: Any, mask: Any, pos: Any, automata: Sequ
                     new[i].extend(forced)
                     fed[i].extend(forced)
                     jumped += len(forced)
-                if len(new[i]) < max_new_tokens:
+                kept = stop(i, new[i]) if stop is not None else None
+                if kept is not None:
+                    del new[i][kept:]
+                elif len(new[i]) < max_new_tokens:
                     still.append(b)
                 # else: its last tokens need no forward (nothing follows them)
             if not still:
@@ -158,6 +164,34 @@ def constrained_greedy(model: Any, ids: Any, mask: Any, pos: Any, automata: Sequ
     if stats is not None:
         stats["jumped"] = stats.get("jumped", 0) + jumped
     return new
+
+
+def loop_stopping_criteria(stop: Callable[[int, List[int]], Optional[int]], prompt_width: int,
+                           eos_ids: Sequence[int]) -> Any:
+    """A transformers StoppingCriteria ending each row of a left-padded
+    batch (prompts `prompt_width` wide) where `stop(row, its new tokens)`
+    says so; `.kept[row]`: how many of its new tokens to keep. A row that
+    has reached EOS is not asked again (generate has ended it)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    eos = set(eos_ids)
+
+    class LoopStopping(StoppingCriteria):
+        def __init__(self) -> None:
+            self.kept: Dict[int, int] = {}
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            done = []
+            for k, row in enumerate(input_ids[:, prompt_width:].tolist()):
+                if k not in self.kept and not eos.intersection(row):
+                    kept = stop(k, row)
+                    if kept is not None:
+                        self.kept[k] = kept
+                done.append(k in self.kept)
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return LoopStopping()
 
 
 def _head_logits(hidden: Any, weight: Any, bias: Any, rows: Any, softcap: Optional[float]) -> Any:

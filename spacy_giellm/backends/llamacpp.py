@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..registry import giellm_backends
 from ..util import busy_cores
-from .base import LocalModelBackend, loaded_attribute
+from .base import LocalModelBackend, LoopStop, loaded_attribute, loop_stopper
 from .gguf_check import validate_gguf
 from .settings import LlamaCppSettings
 
@@ -438,48 +438,14 @@ class LlamaCppBackend(LocalModelBackend):
                                candidates=cand_ids, draft=draft, stats=self._stats, jump=jump,
                                stop=self._loop_stopper(prompts))
 
-    def _loop_stopper(self, prompts: Sequence[str]):
-        """stop(k, tokens) for `SequenceBatcher.generate`: None while prompt
-        k's output goes on, else how many of its tokens to keep: those
-        before its run of looping pieces (`prediction.LoopStop`). None (no
-        stopping) without `stop_loops` or a bound task; a prompt not in the
-        task's form is never stopped."""
+    def _loop_stopper(self, prompts: Sequence[str]) -> Optional[LoopStop]:
+        """`base.loop_stopper` for `SequenceBatcher.generate`; None (no
+        stopping) without `stop_loops` or a bound task."""
         if not self.stop_loops or self.task is None:
             return None
-        from ..format import parse_input
-        from ..prediction import LoopStop
-
-        watchers: List[Optional[LoopStop]] = []
-        for prompt in prompts:
-            try:
-                watchers.append(LoopStop(self.task, parse_input(prompt, self.task)[0]))
-            except ValueError:
-                watchers.append(None)
-        looked = [0] * len(prompts)  # tokens looked at per prompt
-
-        def stop(k: int, tokens: List[int]) -> Optional[int]:
-            watcher, new = watchers[k], tokens[looked[k]:]
-            looked[k] = len(tokens)
-            # a piece is complete once the next one's `:label;` follows it:
-            # look only when a token holds a `;` (or the last byte of `；`)
-            if watcher is None or not any(b";" in piece or b"\x9b" in piece for piece in map(self._piece, new)):
-                return None
-            output = self.decode(tokens)
-            cut = watcher.check(output)
-            if cut is None:
-                return None
-            # the tokens that decode to exactly the output before the piece;
-            # where a token straddles its start, decoding goes on
-            for n in range(len(tokens), -1, -1):
-                text = self.decode(tokens[:n])
-                if len(text) <= cut:
-                    if text != output[:cut]:
-                        return None
-                    self._stats["loops_stopped"] += 1
-                    return n
-            return None
-
-        return stop
+        # the bytes of a `;`, or the last byte of a `；` (EF BC 9B)
+        return loop_stopper(self.task, prompts, self.decode,
+                            lambda new: any(b";" in p or b"\x9b" in p for p in map(self._piece, new)), self._stats)
 
     def token_pass_seconds(self, n_tokens: int = 256) -> Dict[str, float]:
         """Seconds per token of one pass over `n_tokens` tokens of one

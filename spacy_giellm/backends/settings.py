@@ -118,6 +118,9 @@ class HFSettings(BackendSettings):
     constrained: bool = setting(False, OUTPUTS)
     # forced tokens fed in one pass, not one step each: float rounding
     jump_forward: bool = setting(True, OUTPUTS)
+    # ends an output before a run of pieces that repeat earlier ones and
+    # cannot be placed in the text (prediction.LoopStop): a shorter output
+    stop_loops: bool = setting(True, OUTPUTS)
 
     def validate(self) -> None:
         if not self.model:
@@ -125,6 +128,7 @@ class HFSettings(BackendSettings):
         self._set("model", str(self.model))
         self._set("adapter", str(self.adapter) if self.adapter else None)
         self._set("jump_forward", bool(self.jump_forward))
+        self._set("stop_loops", bool(self.stop_loops))
         self._positive("batch_size", "max_new_tokens")
         from .hf_files import _DTYPES  # no torch: a table of names
 
