@@ -465,6 +465,49 @@ def test_lora_under_cpu_autocast_keeps_float32_adapters(tmp_path, sample_splits,
     assert weights and all(str(w.dtype) == "torch.float32" for w in weights.values())
 
 
+def _rss_mb() -> float:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_freed_memory_goes_back_to_the_system_every_n_steps_and_after_evaluation(monkeypatch):
+    """Blocks freed below a live one stay in glibc's heap (RSS keeps them)
+    until `release_freed_memory`; the callback calls it every n steps and
+    after each evaluation."""
+    import ctypes
+    import types
+
+    from spacy_giellm.training import callbacks
+
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "malloc_trim") or not Path("/proc/self/statm").exists():
+        pytest.skip("no glibc malloc_trim here")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    block = 64 * 1024  # under glibc's mmap threshold: from the heap
+    blocks = [libc.malloc(block) for _ in range(3200)]  # 200 MB
+    for b in blocks:
+        libc.memset(b, 1, block)
+    for b in blocks[:-1]:  # the last one keeps the heap from shrinking by itself
+        libc.free(b)
+    held = _rss_mb()
+    assert callbacks.release_freed_memory()
+    assert held - _rss_mb() > 100
+    libc.free(blocks[-1])
+
+    calls = []
+    monkeypatch.setattr(callbacks, "release_freed_memory", lambda: calls.append(1) or True)
+    callback = callbacks.memory_release_callback(every=3)
+    for step in range(1, 8):
+        callback.on_step_end(None, types.SimpleNamespace(global_step=step), None)
+    assert len(calls) == 2  # steps 3 and 6
+    callback.on_evaluate(None, None, None)
+    assert len(calls) == 3
+
+
 def test_busy_cores_reads_the_work_of_other_processes_now():
     import subprocess
     import sys

@@ -1,9 +1,11 @@
 """Training on a time budget: a callback that stops the run after so many
 seconds, and a Trainer whose learning rate follows a cosine over the time
-instead of over a step count nobody knows in advance.
+instead of over a step count nobody knows in advance. And a callback that
+gives the C allocator's freed memory back to the system now and then.
 
 transformers and torch are imported when a callback or trainer is made.
 """
+import ctypes
 import math
 import time
 from typing import Any, Callable, Dict, List
@@ -61,6 +63,40 @@ def time_limit_callback(seconds: float, clock: Clock = time.monotonic) -> Any:
             return control
 
     return TimeLimit()
+
+
+def release_freed_memory() -> bool:
+    """Give the pages the C allocator holds free back to the system (glibc's
+    `malloc_trim`). False where there is no such call (another C library,
+    macOS, Windows)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    trim(0)
+    return True
+
+
+def memory_release_callback(every: int) -> Any:
+    """A TrainerCallback that calls `release_freed_memory` every `every`
+    steps and after each evaluation. A CPU step frees its activations, but
+    glibc keeps the pages for later allocations of other sizes (every
+    packed batch has its own length): a process's RSS grew from 2.3 to 5.3
+    GB over an hour of training, and a trim takes it back to about 1.4 GB
+    (benchmarks/training-throughput.md). The next step faults the pages in
+    again (0.19 s on a 2-core CPU): every 20 steps costs under 1% of the
+    time, every step 12%."""
+    from transformers import TrainerCallback
+
+    class ReleaseFreedMemory(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % every == 0:
+                release_freed_memory()
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            release_freed_memory()
+
+    return ReleaseFreedMemory()
 
 
 def time_budget_trainer(

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from ..tasks import Task
 from ..util import atomic_dir, atomic_write_json, atomic_write_text
 from .base_model import BaseModelNotFound, resolve_base_model
-from .callbacks import clock_named, run_clock, time_budget_trainer, time_limit_callback
+from .callbacks import clock_named, memory_release_callback, run_clock, time_budget_trainer, time_limit_callback
 from .config import PRECISIONS, TinyModelConfig, TrainConfig
 from .config_file import CONFIG_FILE, config_text
 from .data import PackCollator, PadCollator, TrainingDataError, read_records, tokenize_records
@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
+# steps between giving the allocator's freed memory back (callbacks.memory_release_callback)
+MEMORY_RELEASE_STEPS = 20
 MANIFEST = "manifest.json"
 TOKENIZER_FILES = (
     "tokenizer.model",
@@ -312,11 +314,12 @@ def _training_args(cfg: TrainConfig, ckpt_dir: Path, has_dev: bool, cuda: bool, 
 
 def _make_trainer(model: Any, tokenizer: Any, args: Any, cfg: TrainConfig, train_data: Any, dev_data: Any) -> Any:
     """The Trainer: output-token loss, early stopping on the dev loss, and
-    the time budget, as `cfg` asks."""
+    the time budget, as `cfg` asks; freed memory given back every
+    MEMORY_RELEASE_STEPS steps."""
     from transformers import EarlyStoppingCallback, Trainer
 
     has_dev = dev_data is not None
-    callbacks = []
+    callbacks = [memory_release_callback(MEMORY_RELEASE_STEPS)]
     if has_dev and cfg.patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))
     trainer_cls = output_token_trainer(Trainer) if cfg.output_token_loss else Trainer
