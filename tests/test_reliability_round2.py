@@ -366,6 +366,9 @@ def test_train_workers_die_with_the_parent(tmp_path, signame):
     parent = subprocess.Popen(
         [sys.executable, "-c", _PARENT, str(worker)], env=dict(os.environ, TMPDIR=str(tmp)),
         start_new_session=True,  # a signal for the parent alone, not its process group
+        # SIGINT as a terminal leaves it: a test run started in the background
+        # (`&`, nohup) passes SIGINT on ignored, and the parent would never see it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         _wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, "the two workers")
