@@ -38,10 +38,11 @@ def variant(name, model, adapters):
     """The model set up as `name` for the duration."""
     import torch
 
+    from spacy_giellm.training.train import keep_adapter_inputs_bf16
+
     with ExitStack() as undo:
         if name != "peft-cast":
-            for layer in adapters:
-                layer.cast_input_dtype_enabled = False
+            keep_adapter_inputs_bf16(model)
             undo.callback(lambda: [setattr(layer, "cast_input_dtype_enabled", True) for layer in adapters])
         if name == "no-adapters":
             for layer in adapters:
@@ -79,13 +80,14 @@ def main() -> None:
         sys.exit(f"unknown variants: {sorted(unknown)}")
 
     import torch
-    from peft import LoraConfig, get_peft_model
     from peft.tuners.lora.layer import LoraLayer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from spacy_giellm.training.config import TrainConfig
     from spacy_giellm.training.data import PackCollator, read_records, tokenize_records
     from spacy_giellm.training.loss import output_token_loss
     from spacy_giellm.training.packed_attention import use_packed_attention
+    from spacy_giellm.training.train import _load_model
 
     random.seed(0)
     torch.manual_seed(0)
@@ -95,9 +97,8 @@ def main() -> None:
     collate = PackCollator(tokenizer.pad_token_id)
     size = args.batch_size
     batches = [collate(examples[i * size:(i + 1) * size]) for i in range(args.batches + 1)]
-    model = AutoModelForCausalLM.from_pretrained(args.base_model, dtype=torch.bfloat16)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+    # the recipe is TrainConfig's defaults, loaded as `train` loads it
+    model = _load_model(args.base_model, TrainConfig(), "lora", torch.bfloat16)
     use_packed_attention(model)
     model.train()
     adapters = [m for m in model.modules() if isinstance(m, LoraLayer)]

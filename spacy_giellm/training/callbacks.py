@@ -84,8 +84,8 @@ def memory_release_callback(every: int) -> Any:
     packed batch has its own length): a process's RSS grew from 2.3 to 5.3
     GB over an hour of training, and a trim takes it back to about 1.4 GB
     (benchmarks/training-throughput.md). The next step faults the pages in
-    again (0.19 s on a 2-core CPU): every 20 steps costs under 1% of the
-    time, every step 12%."""
+    again (0.26 s on a 2-core CPU): every 20 steps costs under 1% of the
+    time, every step 14%."""
     from transformers import TrainerCallback
 
     class ReleaseFreedMemory(TrainerCallback):

@@ -211,14 +211,14 @@ def combine_processes(per_process: Sequence[Sequence[Sequence[float]]]) -> List[
 
 
 def summarize(records: Sequence[Dict[str, float]], shape: Dict[str, Any], rates: Dict[str, float],
-              rss_mb: Sequence[float] = ()) -> Dict[str, Any]:
+              rss_mb: Sequence[float]) -> Dict[str, Any]:
     """Means over the steps after the first (all of them if there is one),
     of `records` as `combine_processes` gives them; `rss_mb`: each
-    process's peak RSS (this process's if not given)."""
+    process's peak RSS."""
     steps = list(records[1:] if len(records) > 1 else records)
     if not steps:
         return {"steps": 0}
-    rss = list(rss_mb) or [peak_rss_mb()]
+    rss = list(rss_mb)
     total = sum(r["total"] for r in steps)
     real = sum(r["real"] for r in steps)
     computed = sum(r["computed"] for r in steps)

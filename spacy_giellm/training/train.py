@@ -165,7 +165,7 @@ def keep_adapter_inputs_bf16(model: Any) -> int:
     """Under CPU autocast, stop PEFT from casting each adapter's input to the
     adapters' float32: autocast casts it straight back to bf16 for the
     matmul, so the gradients are the same, but the two copies of every
-    activation (and their backward) took a sixth of a step on a 2-core
+    activation (and their backward) took about 5% of a step on a 2-core
     CPU (benchmarks/training-throughput.md). Returns the layers changed."""
     from peft.tuners.lora.layer import LoraLayer
 
@@ -367,11 +367,12 @@ def _profile(trainer: Any, model: Any) -> Dict[str, Any]:
     from .profile import (combine_processes, format_profile, gather_processes, gemm_rates, model_shape,
                           peak_rss_mb, step_numbers, summarize)
 
-    per_process, rss = gather_processes(step_numbers(trainer.step_records, model_shape(model)), peak_rss_mb())
+    shape = model_shape(model)
+    per_process, rss = gather_processes(step_numbers(trainer.step_records, shape), peak_rss_mb())
     if not trainer.is_world_process_zero():
         return {}
     rates = gemm_rates(torch.get_num_threads() * len(per_process))
-    summary = summarize(combine_processes(per_process), model_shape(model), rates, rss)
+    summary = summarize(combine_processes(per_process), shape, rates, rss)
     logger.info("%s", format_profile(summary))
     return summary
 
