@@ -10,7 +10,8 @@ tokens/s and the median per-batch speed-up against the first variant.
         [--variants peft-cast,default,compiled-norms,no-adapters]
 
 Variants:
-    default         what `train` runs (adapter inputs kept bf16)
+    default         PEFT's LoRA layers and transformers' norms, adapter
+                    inputs kept bf16 (what `train` ran before `fused`)
     peft-cast       PEFT's own input casting: each adapter's input copied to
                     float32, and back to bf16 by autocast (before adc341b)
     compiled-norms  default, with the model's RMSNorm forward compiled by
@@ -19,6 +20,10 @@ Variants:
     no-adapters     the adapters switched off, gradients still through every
                     layer: the frozen base's own cost, a bound for any
                     adapter speed-up
+    fused           default, with each LoRA layer and each RMS norm one
+                    autograd function (`training.fused`: what `train` runs)
+    fused-lora      the LoRA layers alone fused
+    fused-norms     the norms alone fused
     trimmed         default, with the allocator's freed memory given back
                     before each step (`train` does it every 20 steps): what
                     faulting the pages in again costs a step
@@ -51,6 +56,11 @@ def variant(name, model, adapters):
             embeddings = model.get_base_model().get_input_embeddings()
             hook = embeddings.register_forward_hook(lambda _m, _a, out: out.requires_grad_(True))
             undo.callback(hook.remove)
+        if name.startswith("fused"):
+            from spacy_giellm.training.fused import fuse_layers, unfuse_layers
+
+            fuse_layers(model, lora=name != "fused-norms", norms=name != "fused-lora")
+            undo.callback(unfuse_layers, model)
         if name == "trimmed":
             from spacy_giellm.training.callbacks import release_freed_memory
 
@@ -75,7 +85,7 @@ def main() -> None:
     ap.add_argument("--variants", default="peft-cast,default,compiled-norms,no-adapters")
     args = ap.parse_args()
     names = args.variants.split(",")
-    unknown = set(names) - {"default", "peft-cast", "compiled-norms", "no-adapters", "trimmed"}
+    unknown = set(names) - {"default", "peft-cast", "compiled-norms", "no-adapters", "trimmed", "fused", "fused-lora", "fused-norms"}
     if unknown:
         sys.exit(f"unknown variants: {sorted(unknown)}")
 

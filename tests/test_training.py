@@ -445,6 +445,170 @@ def test_adapter_inputs_stay_bf16_under_cpu_autocast(tiny_gemma_dir):
         assert torch.equal(ref_grads[k], grads[k]), k
 
 
+def _lora_gradients(model, batch, autocast):
+    import torch
+
+    from spacy_giellm.training.loss import output_token_loss
+
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = output_token_loss(model, batch)
+    loss.backward()
+    return loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def _relative_error(grads, reference):
+    import torch
+
+    diff = torch.cat([(grads[k].float() - reference[k].float()).flatten() for k in reference])
+    return float(diff.norm() / torch.cat([reference[k].float().flatten() for k in reference]).norm())
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_fused_layers_give_peft_s_loss_and_gradients(packed, tiny_gemma_dir, monkeypatch):
+    """Each LoRA layer and each RMS norm as one autograd function
+    (`training.fused`): in float32 the loss and the adapters' gradients are
+    those of PEFT's and transformers' layers up to float rounding; on a
+    bf16 base under CPU autocast they are no farther from the float32 ones
+    than theirs (the low-rank term is added in the product's accumulator,
+    not rounded first). Every adapter and norm runs fused."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from spacy_giellm.training import fused
+    from spacy_giellm.training.data import PackCollator
+    from spacy_giellm.training.train import _load_model, keep_adapter_inputs_bf16
+
+    calls = []
+    apply = fused._LoraLinearFunction.apply
+    monkeypatch.setattr(fused._LoraLinearFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+    tok = AutoTokenizer.from_pretrained(str(tiny_gemma_dir))
+    examples = [encode_pair(tok, i, o) for i, o in PACK_PAIRS]
+    batch = (PackCollator if packed else PadCollator)(tok.pad_token_id)(examples)
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model = _load_model(str(tiny_gemma_dir), cfg, "lora", dtype)
+        with torch.no_grad():  # a fresh LoRA B is zero: make the adapters matter
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+        keep_adapter_inputs_bf16(model)
+        layers = model.config.num_hidden_layers
+        # 7 linear layers and 6 norms a layer, and the final norm
+        counts = {"lora": 7 * layers, "norm": 6 * layers + 1}
+        results[dtype, "peft"] = _lora_gradients(model, batch, dtype == torch.bfloat16)
+        assert not calls
+        assert fused.fuse_layers(model) == counts
+        results[dtype, "fused"] = _lora_gradients(model, batch, dtype == torch.bfloat16)
+        assert len(calls) == counts["lora"]
+        calls.clear()
+        assert fused.unfuse_layers(model) == counts
+        assert _lora_gradients(model, batch, dtype == torch.bfloat16)[0] == results[dtype, "peft"][0]
+    (ref_loss, ref), (loss, fused) = results[torch.float32, "peft"], results[torch.float32, "fused"]
+    assert loss == pytest.approx(ref_loss, abs=1e-6) and set(fused) == set(ref)
+    for k in ref:
+        assert fused[k].dtype == torch.float32
+        assert torch.allclose(fused[k], ref[k], atol=1e-6, rtol=1e-4), k
+    (peft_loss, peft_bf16), (fused_loss, fused_bf16) = results[torch.bfloat16, "peft"], results[torch.bfloat16, "fused"]
+    assert fused_loss != peft_loss  # the bf16 arithmetic did change...
+    assert abs(fused_loss - ref_loss) <= abs(peft_loss - ref_loss) + 1e-3
+    peft_error, fused_error = _relative_error(peft_bf16, ref), _relative_error(fused_bf16, ref)
+    assert 0 < fused_error <= 1.1 * peft_error  # ...and is no farther from float32 than PEFT's
+
+
+def test_fused_lora_runs_peft_s_forward_where_it_does_not_fuse(monkeypatch):
+    """Dropout, a merged or disabled adapter, two active adapters, extra
+    arguments: PEFT's own forward, with its exact result."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from spacy_giellm.training import fused
+
+    calls = []
+    apply = fused._LoraLinearFunction.apply
+    monkeypatch.setattr(fused._LoraLinearFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+
+    def model(dropout=0.0):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
+        peft = get_peft_model(net, LoraConfig(r=2, lora_alpha=4, lora_dropout=dropout, target_modules=["0", "2"]))
+        with torch.no_grad():
+            for name, p in peft.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+        return peft
+
+    x = torch.randn(3, 5, 8)
+
+    def check(peft, fused_calls):
+        peft.train(False)
+        expected = peft(x)
+        calls.clear()
+        assert fused.fuse_layers(peft) == {"lora": 2, "norm": 0}
+        got = peft(x)
+        assert len(calls) == fused_calls
+        if fused_calls == 0:
+            assert torch.equal(got, expected)
+        else:
+            assert torch.allclose(got, expected, atol=1e-6)
+        fused.unfuse_layers(peft)
+
+    check(model(), 2)  # the plain case fuses
+    check(model(dropout=0.1), 0)
+    merged = model()
+    merged.base_model.model[0].merge()
+    check(merged, 1)
+    disabled = model()
+    with disabled.disable_adapter():
+        check(disabled, 0)
+    two = model()
+    two.add_adapter("other", LoraConfig(r=2, lora_alpha=4, target_modules=["0", "2"]))
+    two.base_model.set_adapter(["default", "other"])
+    check(two, 0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_gemma_norm_gives_the_same_output_and_gradients(dtype):
+    """The fused norm's output is transformers' Gemma 3 norm's bit for bit;
+    the input's and a trained weight's gradients equal its up to rounding."""
+    import torch
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    from spacy_giellm.training import fused
+
+    dtype = getattr(torch, dtype)
+    torch.manual_seed(0)
+    norm = Gemma3RMSNorm(48, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_(0, 0.3)
+    x = torch.randn(2, 7, 3, 48, dtype=dtype) * 4
+    grad = torch.randn(2, 7, 3, 48, dtype=dtype)
+    runs = []
+    for fuse in (False, True):
+        if fuse:
+            assert fused.fuse_layers(norm) == {"lora": 0, "norm": 1} and type(norm).__name__ == "FusedGemma3RMSNorm"
+        leaf = x.clone().requires_grad_(True)
+        norm.weight.grad = None
+        out = norm(leaf)
+        out.backward(grad)
+        runs.append((out.detach(), leaf.grad, norm.weight.grad))
+    assert fused.unfuse_layers(norm) == {"lora": 0, "norm": 1} and type(norm) is Gemma3RMSNorm
+    (out, grad_x, grad_w), (fused_out, fused_grad_x, fused_grad_w) = runs
+    assert fused_out.dtype == dtype and torch.equal(fused_out, out)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(fused_grad_x.float(), grad_x.float(), rtol=tolerance, atol=tolerance)
+    assert torch.allclose(fused_grad_w.float(), grad_w.float(), rtol=tolerance, atol=tolerance * 10)
+    # frozen (LoRA): no weight gradient asked for, none computed
+    norm.weight.requires_grad_(False)
+    norm.weight.grad = None
+    fused.fuse_layers(norm)
+    leaf = x.clone().requires_grad_(True)
+    norm(leaf).backward(grad)
+    assert torch.equal(leaf.grad, fused_grad_x) and norm.weight.grad is None
+
+
 def test_lora_under_cpu_autocast_keeps_float32_adapters(tmp_path, sample_splits, tiny_gemma_dir):
     """bf16 base + bf16 autocast: the run trains, its losses are those of
     the run without autocast up to bf16 rounding, and the adapter it saves

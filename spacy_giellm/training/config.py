@@ -62,6 +62,11 @@ class TrainConfig:
     # adapters' weights, gradients and optimizer state stay float32. None:
     # whenever the base is held in bf16 (`precision`).
     autocast: Optional[bool] = None
+    # CPU: each LoRA linear layer and each Gemma RMS norm as one autograd
+    # function (`training.fused`), the same arithmetic up to float rounding
+    # in fewer passes over the activations (benchmarks/training-throughput.md).
+    # Cases it does not cover (LoRA dropout, DoRA, other norms) run as before.
+    fused_layers: bool = True
     # torch threads (0: torch's default, one per core).
     threads: int = 0
     # Activation (gradient) checkpointing: keep only each layer's input and

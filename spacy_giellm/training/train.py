@@ -442,6 +442,11 @@ def train(
     autocast = _cpu_autocast(cfg, cuda, bf16_base)
     if autocast and mode == "lora":
         keep_adapter_inputs_bf16(model)
+    fused_layers: Dict[str, int] = {}
+    if cfg.fused_layers and not cuda:
+        from .fused import fuse_layers
+
+        fused_layers = fuse_layers(model)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     # On a CPU, packed rows' attention one sequence at a time: the masked
@@ -511,6 +516,8 @@ def train(
         "bf16": bf16,
         "bf16_base_weights": bf16 or bf16_base,
         "cpu_autocast_bf16": autocast,
+        # layers run as one autograd function each (training.fused)
+        "fused_layers": fused_layers,
         "threads": torch.get_num_threads(),
         "gradient_checkpointing": _checkpointing(cfg, cuda),
         "packing": _packing(cfg),
