@@ -542,7 +542,7 @@ def test_fused_lora_runs_peft_s_forward_where_it_does_not_fuse(monkeypatch):
 
     x = torch.randn(3, 5, 8)
 
-    def check(peft, fused_calls):
+    def check(peft, fused_calls, x=x):
         peft.train(False)
         expected = peft(x)
         calls.clear()
@@ -563,6 +563,10 @@ def test_fused_lora_runs_peft_s_forward_where_it_does_not_fuse(monkeypatch):
     disabled = model()
     with disabled.disable_adapter():
         check(disabled, 0)
+    bf16_base = model()  # and float32 adapters, without autocast: PEFT runs them in float32
+    for layer in (bf16_base.base_model.model[0], bf16_base.base_model.model[2]):
+        layer.base_layer.to(torch.bfloat16)
+    check(bf16_base, 0, x.to(torch.bfloat16))
     two = model()
     two.add_adapter("other", LoraConfig(r=2, lora_alpha=4, target_modules=["0", "2"]))
     two.base_model.set_adapter(["default", "other"])

@@ -22,7 +22,7 @@ result is PEFT's up to rounding and no farther from float32.
 Only the plain case is fused: one active adapter, not merged, no dropout
 (the CPU recipes use none), no DoRA or other variant, an `nn.Linear` base
 whose weight and input are in the dtype the product runs in (autocast's,
-else their own). Any other call runs PEFT's own forward; saving, merging
+else the adapters' own). Any other call runs PEFT's own forward; saving, merging
 and unloading are PEFT's.
 
 **Gemma's RMS norms** (`(1 + w) * x / rms(x)` in float32, six a layer in
@@ -97,12 +97,16 @@ class FusedLoraLinear(PeftLoraLinear):
             return None
         if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
             return None
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else base.weight.dtype
+        lora_a, lora_b = self.lora_A[name].weight, self.lora_B[name].weight
+        if torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+        else:  # without autocast PEFT runs the adapters in their own dtype
+            dtype = lora_a.dtype
         if x.device.type != "cpu" or x.dtype != dtype or base.weight.dtype != dtype:
             return None
         if base.bias is not None and base.bias.dtype != dtype:
             return None
-        return self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]
+        return lora_a, lora_b, self.scaling[name]
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         weights = self._fused_weights(x, args, kwargs)
