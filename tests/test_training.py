@@ -670,10 +670,11 @@ def test_freed_memory_goes_back_to_the_system_every_n_steps_and_after_evaluation
     monkeypatch.setattr(callbacks, "release_freed_memory", lambda: calls.append(1) or True)
     callback = callbacks.memory_release_callback(every=3)
     for step in range(1, 8):
-        callback.on_step_end(None, types.SimpleNamespace(global_step=step), None)
-    assert len(calls) == 2  # steps 3 and 6
+        control = types.SimpleNamespace(should_evaluate=step == 5)
+        callback.on_step_end(None, types.SimpleNamespace(global_step=step), control)
+    assert len(calls) == 3  # steps 3 and 6, and before the evaluation at step 5
     callback.on_evaluate(None, None, None)
-    assert len(calls) == 3
+    assert len(calls) == 4
 
 
 def test_busy_cores_reads_the_work_of_other_processes_now():
