@@ -29,7 +29,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 PathLike = Union[str, Path]
 
@@ -130,6 +130,30 @@ def signals_end_the_run() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpuinfo(path: str = CPUINFO) -> Optional[List[Dict[str, str]]]:
+    """/proc/cpuinfo (Linux) as one {field: value} dict per block (x86: a
+    block per logical CPU; ARM: per CPU, plus a block of shared fields), or
+    None where it cannot be read (macOS, Windows)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    blocks = []
+    for chunk in text.split("\n\n"):
+        fields: Dict[str, str] = {}
+        for line in chunk.splitlines():
+            key, colon, value = line.partition(":")
+            if colon:
+                fields[key.strip()] = value.strip()
+        if fields:
+            blocks.append(fields)
+    return blocks
 
 
 def busy_cores(interval: float = 0.3) -> float:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..registry import giellm_backends
-from ..util import busy_cores
+from ..util import busy_cores, cpuinfo
 from .base import LocalModelBackend, LoopStop, loaded_attribute, loop_stopper
 from .gguf_check import validate_gguf
 from .settings import LlamaCppSettings
@@ -62,18 +62,8 @@ def physical_cores() -> int:
     except (AttributeError, OSError):
         allowed = None
     n_logical = len(allowed) if allowed else (os.cpu_count() or 1)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return max(1, n_logical)
     cores = set()
-    for block in text.split("\n\n"):
-        info: Dict[str, str] = {}
-        for line in block.splitlines():
-            if ":" in line:
-                key, _, value = line.partition(":")
-                info[key.strip()] = value.strip()
+    for info in cpuinfo() or ():
         if "processor" not in info or "core id" not in info:
             continue
         try:

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..util import cpuinfo
 from .config import FIELDS, BenchConfig
 from .inputs import build_bench_models, load_texts
 
@@ -46,14 +47,8 @@ def run_bench(cfg: BenchConfig, isolate: bool = True) -> Dict[str, Any]:
 
 
 def machine_info() -> Dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    names = [block["model name"] for block in cpuinfo() or () if "model name" in block]
+    cpu = names[0] if names else (platform.processor() or platform.machine())
     try:
         cores = len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
     except AttributeError:

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..backends.build import backend_config, make_backend
 from ..evaluation import load_gold
-from ..util import atomic_dir
+from ..util import CPUINFO, atomic_dir, cpuinfo
 from .train import atomic_save
 
 PathLike = Union[str, Path]
@@ -24,16 +24,12 @@ FLOAT_TYPES = ("f32", "f16", "bf16", "q8_0")
 AUTO_TYPE = "auto"
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> Optional[set]:
+def cpu_flags(path: str = CPUINFO) -> Optional[set]:
     """The CPU's feature flags (Linux), None where /proc/cpuinfo has none."""
-    try:
-        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
+    for block in cpuinfo(path) or ():
+        for key in ("flags", "Features"):  # x86, ARM
+            if key in block:
+                return set(block[key].split())
     return None
 
 
