@@ -37,6 +37,23 @@ def annotations(doc):
     return {"ents": [(e.label_, e.start, e.end) for e in doc.ents], "cats": doc.cats, "spans": spans, **tuples}
 
 
+def _only(these, those):
+    """The parts of annotations `these` that `those` lacks, by kind."""
+    out = {}
+    for kind, value in these.items():
+        other = those.get(kind)
+        if isinstance(value, dict) and kind != "cats":
+            diff = {k: [x for x in v if x not in other.get(k, [])] for k, v in value.items()}
+            diff = {k: v for k, v in diff.items() if v}
+        elif isinstance(value, list):
+            diff = [x for x in value if x not in other]
+        else:
+            diff = value if value != other else None
+        if diff:
+            out[kind] = diff
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -98,6 +115,11 @@ def main() -> None:
         "loops_stopped": results[True][1].get("loops_stopped"),
         "differing": [i for i, (a, b) in enumerate(zip(results[False][0], results[True][0])) if a != b][:20],
     }
+    # what each differing Doc has with the stop off and not on, and the reverse
+    report["differences"] = [
+        {"doc": i, "text": texts[i], "off_only": _only(off, on), "on_only": _only(on, off)}
+        for i, (off, on) in enumerate(zip(results[False][0], results[True][0])) if off != on
+    ][:20]
     print(json.dumps(report, ensure_ascii=False, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
