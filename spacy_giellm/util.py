@@ -1,5 +1,6 @@
 """Small helpers shared across the package: atomic output files and dirs,
-and a file's SHA-256 (`file_sha256`).
+a file's SHA-256 (`file_sha256`), and what the machine has and is doing
+(`cpuinfo`, `busy_cores`).
 
     with atomic_path("out.jsonl") as tmp:       # write tmp any way you like
         with open(tmp, "w", encoding="utf8") as f:
