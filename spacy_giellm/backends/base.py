@@ -151,8 +151,9 @@ class LocalModelBackend(Configurable):
     binding that constrained decoding needs, the tasks stored with the model,
     and label scoring around the backend's own `_candidate_logprobs`.
     Subclasses provide `settings_class`, `_setup`, `generate_ids`, `decode`,
-    `_candidate_ids`, `_token_vocab`, `_candidate_logprobs` and
-    `_stored_task_paths`."""
+    `_candidate_ids`, `_token_vocab`, `_candidate_logprobs`,
+    `_stored_task_paths`, and for the loop stop a `stop_loops` setting, a
+    `_stats` dict and `_may_end_piece`."""
 
     backend_name = "giellm backend"
     # (shown as, attribute) of what `repr` names
@@ -165,6 +166,17 @@ class LocalModelBackend(Configurable):
     def _loaded_model(self) -> Any:
         """The loaded model object, or None before `load()`."""
         raise NotImplementedError
+
+    def _may_end_piece(self, new: List[int]) -> bool:
+        """Whether the token ids `new` could complete a piece (`loop_stopper`)."""
+        raise NotImplementedError
+
+    def _loop_stopper(self, prompts: Sequence[str]) -> Optional[LoopStop]:
+        """`loop_stopper` for the prompts of one call; None (no stopping)
+        without `stop_loops` or a bound task."""
+        if not self.stop_loops or self.task is None:
+            return None
+        return loop_stopper(self.task, prompts, self.decode, self._may_end_piece, self._stats)
 
     @property
     def is_loaded(self) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..registry import giellm_backends
-from .base import LocalModelBackend, LoopStop, loaded_attribute, loop_stopper
+from .base import LocalModelBackend, loaded_attribute
 from .hf_decode import cache_argument, loop_stopping_criteria, output_cache
 from .hf_files import check_model_files, looks_like_local_path, resolve_device, resolve_dtype
 from .settings import HFSettings
@@ -272,13 +272,6 @@ class HFBackend(LocalModelBackend):
         if reset:
             self._stats.update(jumped=0, loops_stopped=0)
         return stats
-
-    def _loop_stopper(self, prompts: Sequence[str]) -> Optional[LoopStop]:
-        """`base.loop_stopper` for the prompts of one batch; None (no
-        stopping) without `stop_loops` or a bound task."""
-        if not self.stop_loops or self.task is None:
-            return None
-        return loop_stopper(self.task, prompts, self.decode, self._may_end_piece, self._stats)
 
     def _may_end_piece(self, new: List[int]) -> bool:
         """Whether one of `new` decodes to a `;` or `；`, or to part of a

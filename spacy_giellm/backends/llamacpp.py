@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..registry import giellm_backends
 from ..util import busy_cores, cpuinfo
-from .base import LocalModelBackend, LoopStop, loaded_attribute, loop_stopper
+from .base import LocalModelBackend, loaded_attribute
 from .gguf_check import validate_gguf
 from .settings import LlamaCppSettings
 
@@ -428,14 +428,10 @@ class LlamaCppBackend(LocalModelBackend):
                                candidates=cand_ids, draft=draft, stats=self._stats, jump=jump,
                                stop=self._loop_stopper(prompts))
 
-    def _loop_stopper(self, prompts: Sequence[str]) -> Optional[LoopStop]:
-        """`base.loop_stopper` for `SequenceBatcher.generate`; None (no
-        stopping) without `stop_loops` or a bound task."""
-        if not self.stop_loops or self.task is None:
-            return None
-        # the bytes of a `;`, or the last byte of a `；` (EF BC 9B)
-        return loop_stopper(self.task, prompts, self.decode,
-                            lambda new: any(b";" in p or b"\x9b" in p for p in map(self._piece, new)), self._stats)
+    def _may_end_piece(self, new: List[int]) -> bool:
+        """Whether one of `new` holds the byte of a `;`, or the last byte of
+        a `；` (EF BC 9B)."""
+        return any(b";" in p or b"\x9b" in p for p in map(self._piece, new))
 
     def token_pass_seconds(self, n_tokens: int = 256) -> Dict[str, float]:
         """Seconds per token of one pass over `n_tokens` tokens of one
