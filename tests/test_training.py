@@ -399,8 +399,7 @@ def test_adapter_inputs_stay_bf16_under_cpu_autocast(tiny_gemma_dir):
     from torch.utils._python_dispatch import TorchDispatchMode
     from transformers import AutoTokenizer
 
-    from spacy_giellm.training.loss import output_token_loss
-    from spacy_giellm.training.train import _load_model, keep_adapter_inputs_bf16
+    from spacy_giellm.training.train import keep_adapter_inputs_bf16
 
     class Float32Copies(TorchDispatchMode):
         """Counts copies of (1, positions, width) activations made in float32."""
@@ -418,31 +417,38 @@ def test_adapter_inputs_stay_bf16_under_cpu_autocast(tiny_gemma_dir):
 
     tok = AutoTokenizer.from_pretrained(str(tiny_gemma_dir))
     batch = PadCollator(tok.pad_token_id)([encode_pair(tok, i, o) for i, o in PACK_PAIRS[:2]])
-    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0)
     runs = []
     for keep_bf16 in (False, True):
-        torch.manual_seed(0)
-        model = _load_model(str(tiny_gemma_dir), cfg, "lora", torch.bfloat16)
-        with torch.no_grad():  # a fresh LoRA B is zero: make the adapters matter
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.05)
+        model = _tiny_lora_model(tiny_gemma_dir, torch.bfloat16)
         adapters = 7 * model.config.num_hidden_layers
         if keep_bf16:
             assert keep_adapter_inputs_bf16(model) == adapters
         counter = Float32Copies(batch["input_ids"].shape[1])
-        with counter, torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = output_token_loss(model, batch)
         with counter:
-            loss.backward()
-        grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+            loss, grads = _lora_gradients(model, batch, autocast=True)
         assert grads and all(g.dtype == torch.float32 for g in grads.values())
-        runs.append((loss.item(), grads, counter.count))
+        runs.append((loss, grads, counter.count))
     (ref_loss, ref_grads, cast_copies), (loss, grads, copies) = runs
     assert cast_copies - copies >= adapters  # each adapter's input, once in the forward at least
     assert loss == ref_loss
     for k in ref_grads:
         assert torch.equal(ref_grads[k], grads[k]), k
+
+
+def _tiny_lora_model(model_dir, dtype):
+    """The recipe's LoRA model (r 4) on a tiny base in `dtype`, seeded, its
+    LoRA B random (a fresh B is zero: make the adapters matter)."""
+    import torch
+
+    from spacy_giellm.training.train import _load_model
+
+    torch.manual_seed(0)
+    model = _load_model(str(model_dir), TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0), "lora", dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model
 
 
 def _lora_gradients(model, batch, autocast):
@@ -477,7 +483,7 @@ def test_fused_layers_give_peft_s_loss_and_gradients(packed, tiny_gemma_dir, mon
 
     from spacy_giellm.training import fused
     from spacy_giellm.training.data import PackCollator
-    from spacy_giellm.training.train import _load_model, keep_adapter_inputs_bf16
+    from spacy_giellm.training.train import keep_adapter_inputs_bf16
 
     calls = []
     apply = fused._LoraLinearFunction.apply
@@ -485,15 +491,9 @@ def test_fused_layers_give_peft_s_loss_and_gradients(packed, tiny_gemma_dir, mon
     tok = AutoTokenizer.from_pretrained(str(tiny_gemma_dir))
     examples = [encode_pair(tok, i, o) for i, o in PACK_PAIRS]
     batch = (PackCollator if packed else PadCollator)(tok.pad_token_id)(examples)
-    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0)
     results = {}
     for dtype in (torch.float32, torch.bfloat16):
-        torch.manual_seed(0)
-        model = _load_model(str(tiny_gemma_dir), cfg, "lora", dtype)
-        with torch.no_grad():  # a fresh LoRA B is zero: make the adapters matter
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.05)
+        model = _tiny_lora_model(tiny_gemma_dir, dtype)
         keep_adapter_inputs_bf16(model)
         layers = model.config.num_hidden_layers
         # 7 linear layers and 6 norms a layer, and the final norm
